@@ -1,0 +1,51 @@
+# metricpact: build, test and demo. Every tool the targets need is installed by `make deps`
+# (idempotent: it only installs what is missing).
+
+CARGO      ?= cargo
+VENV       := .venv
+PYTHON     := $(VENV)/bin/python
+WASM       := target/wasm32-wasip1/release/metricpact.wasm
+CLI        := target/release/metricpact
+CONTRACTS  := $(wildcard contracts/*.yaml)
+
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo clean
+
+all: build
+
+## deps: install the Rust Wasm targets, Envoy + pytest (project venv), Prometheus, wrk, wasm-bindgen's runner
+deps:
+	@bash tests/setup.sh
+
+## build: metricpact.wasm (the filter) and the metricpact CLI
+build: deps wasm cli
+
+wasm:
+	$(CARGO) build --release --target wasm32-wasip1 --lib
+	@ls -l $(WASM) | awk '{print "metricpact.wasm: " $$5 " bytes"}'
+
+cli:
+	$(CARGO) build --release --bin metricpact
+
+## test: the whole suite (unit tests native and in Wasm, contract checks, real-Envoy tests)
+test: build test-unit test-wasm check-contracts test-envoy
+
+test-unit:
+	$(CARGO) test
+
+# The core's tests compiled to Wasm and run under Node, so the code the VM runs is tested in a VM.
+test-wasm: deps
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  $(CARGO) test --target wasm32-unknown-unknown --lib
+
+check-contracts: cli
+	$(CLI) check $(CONTRACTS)
+
+test-envoy: build
+	$(PYTHON) -m pytest -q tests/envoy
+
+## demo: two apps (Python, Node) behind two Envoy "pods" with the filter, Prometheus, load, per-pod QPS and p95
+demo: build
+	$(PYTHON) tests/demo/demo.py
+
+clean:
+	$(CARGO) clean

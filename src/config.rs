@@ -1,0 +1,237 @@
+//! The compiled plugin configuration: the JSON `metricpact compile` prints and the filter reads
+//! from its Envoy plugin configuration. It is explicit (every default already applied) so the
+//! filter never has to know contract defaults, and it never contains YAML.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this JSON layout; the filter refuses any other.
+pub const CONFIG_FORMAT: u32 = 1;
+
+/// Most labels a traffic metric may carry; keeps series keys fixed-size on the hot path.
+pub const MAX_LABELS: usize = 16;
+
+/// Everything the filter needs, with contract defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Layout version, [`CONFIG_FORMAT`].
+    pub format: u32,
+    /// Identity of the contract this was compiled from (exported as `metricpact_contract_info`).
+    pub contract: ContractInfo,
+    /// Request counter; `None` when the contract disables it.
+    pub requests: Option<MetricSpec>,
+    /// Duration histogram; `None` when disabled.
+    pub duration: Option<DurationSpec>,
+    /// In-flight gauge; `None` when disabled.
+    pub active_requests: Option<ActiveSpec>,
+    /// Labels of the request counter and duration histogram, in encoding order.
+    pub labels: Vec<LabelSpec>,
+    /// Methods kept verbatim; every other method becomes `_OTHER`.
+    pub methods: Vec<String>,
+    /// How request paths become `http_route` values.
+    pub routes: RouteTable,
+    /// Most distinct label combinations per metric; later combinations go to the overflow series.
+    pub max_series: u32,
+    /// Longest label value kept (bytes, after sanitizing); longer values are cut.
+    pub max_value_length: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractInfo {
+    pub name: String,
+    pub version: String,
+    /// Short sha256 of the compiled configuration (without this field).
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationSpec {
+    pub name: String,
+    pub unit: DurationUnit,
+    /// Bucket upper bounds in `unit`; applied by Envoy's `histogram_bucket_settings`, carried here
+    /// so the whole contract travels with the module.
+    pub buckets: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveSpec {
+    pub name: String,
+    /// Names of the labels (a subset of `labels`, request-side only) the gauge carries.
+    pub labels: Vec<String>,
+}
+
+/// Unit the duration histogram records in. Envoy histograms take integers, so whole seconds
+/// would be useless: the choice is milliseconds (Istio's) or microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurationUnit {
+    Milliseconds,
+    Microseconds,
+}
+
+impl DurationUnit {
+    /// The word the metric name must end with.
+    pub fn word(self) -> &'static str {
+        match self {
+            DurationUnit::Milliseconds => "milliseconds",
+            DurationUnit::Microseconds => "microseconds",
+        }
+    }
+
+    /// Nanoseconds per recorded unit.
+    pub fn nanos(self) -> u64 {
+        match self {
+            DurationUnit::Milliseconds => 1_000_000,
+            DurationUnit::Microseconds => 1_000,
+        }
+    }
+
+    /// Factor from seconds (the OTel unit) to this unit.
+    pub fn per_second(self) -> f64 {
+        1e9 / self.nanos() as f64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSpec {
+    pub name: String,
+    /// Tried in order; the first that yields a value wins.
+    pub sources: Vec<Source>,
+    /// Value when no source yields one (`""` means the label is absent).
+    pub default: String,
+    /// Most distinct values kept; later ones become `_OTHER`.
+    pub max_values: u32,
+    /// When set, any value outside this list becomes `_OTHER`.
+    pub allowed: Option<Vec<String>>,
+}
+
+/// Where a label's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    /// `:method`, normalized against `methods`.
+    RequestMethod,
+    /// `:path` through the route table.
+    RequestRoute,
+    /// `x-forwarded-proto` when it is `http`/`https`, else `:scheme`.
+    RequestScheme,
+    /// Negotiated protocol version: `1.0`, `1.1`, `2`, `3`.
+    RequestProtocol,
+    /// A request header's value.
+    RequestHeader { name: String },
+    /// HTTP status code sent downstream.
+    ResponseStatusCode,
+    /// `1xx` … `5xx`.
+    ResponseStatusClass,
+    /// Set on failure only: the 5xx code, or a proxy failure class from Envoy's response details.
+    ResponseErrorType,
+    /// Envoy node metadata (`xds.node.metadata.KEY`, or field `FIELD` of a struct such as `LABELS`).
+    Node { key: String, field: Option<String> },
+    /// A fixed value.
+    Constant { value: String },
+}
+
+impl Source {
+    /// Known only once the response is done: not allowed on the active-requests gauge.
+    pub fn is_response_side(&self) -> bool {
+        matches!(
+            self,
+            Source::ResponseStatusCode | Source::ResponseStatusClass | Source::ResponseErrorType
+        )
+    }
+
+    /// Fixed for the lifetime of the plugin: resolved once at configure time.
+    pub fn is_static(&self) -> bool {
+        matches!(self, Source::Node { .. } | Source::Constant { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    /// Tried in order against the path without its query; the first match wins.
+    pub rules: Vec<RouteRule>,
+    pub unmatched: Unmatched,
+    /// With `unmatched: raw`, raw paths are cut to this many bytes.
+    pub raw_max_length: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The route value; `$name` / `${name}` / `$1` insert a regex capture, `{id}` is literal.
+    pub template: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum RouteMatch {
+    Exact(String),
+    Prefix(String),
+    /// Must match the whole path (it is anchored at both ends).
+    Regex(String),
+}
+
+/// What a path that matches no rule becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// `_OTHER`: the default, keeps `http_route` bounded by the rules.
+    Other,
+    /// The raw path (query stripped, sanitized, cut, and still subject to `max_values`).
+    Raw,
+}
+
+/// Methods OTel's HTTP semantic conventions know (RFC 9110 plus PATCH).
+pub const DEFAULT_METHODS: &[&str] = &[
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
+
+impl PluginConfig {
+    /// Parses the filter's configuration JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<PluginConfig, String> {
+        let config: PluginConfig = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if config.format != CONFIG_FORMAT {
+            return Err(format!(
+                "configuration format {} is not supported (this build reads format {CONFIG_FORMAT}); recompile the contract with a matching metricpact",
+                config.format
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Names of every metric the filter emits, self-metrics included.
+    pub fn metric_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        if let Some(m) = &self.requests {
+            names.push(m.name.as_str());
+        }
+        if let Some(m) = &self.duration {
+            names.push(m.name.as_str());
+        }
+        if let Some(m) = &self.active_requests {
+            names.push(m.name.as_str());
+        }
+        names.extend(crate::telemetry::SELF_METRIC_NAMES);
+        names
+    }
+
+    /// Every tag name the sidecar must extract (Istio `extraStatTags`), self-metric labels included.
+    pub fn tag_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.labels.iter().map(|l| l.name.as_str()).collect();
+        names.extend(crate::names::SELF_LABEL_NAMES);
+        names
+    }
+}

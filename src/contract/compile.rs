@@ -1,0 +1,53 @@
+//! Contract to plugin configuration: load, check, fill in the contract hash, serialize.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::check::check;
+use super::load::{Diagnostic, Severity, Source};
+use crate::config::PluginConfig;
+
+/// The outcome of compiling one contract file.
+pub struct Compiled {
+    /// Present when no error was found.
+    pub config: Option<PluginConfig>,
+    /// Every finding, errors and warnings, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Loads, checks and compiles the contract at `path`.
+pub fn compile_file(path: &Path) -> Compiled {
+    let source = match Source::read(path) {
+        Ok(s) => s,
+        Err(d) => return Compiled { config: None, diagnostics: vec![d] },
+    };
+    compile_source(&source)
+}
+
+pub fn compile_source(source: &Source) -> Compiled {
+    let contract = match source.parse() {
+        Ok(c) => c,
+        Err(d) => return Compiled { config: None, diagnostics: vec![d] },
+    };
+    let (mut config, diagnostics) = check(source, &contract);
+    let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
+    config.contract.hash = contract_hash(&config);
+    Compiled { config: (!failed).then_some(config), diagnostics }
+}
+
+/// First 12 hex digits of the sha256 of the configuration with an empty hash: identifies what
+/// the filter runs, whatever the YAML's comments or layout.
+pub fn contract_hash(config: &PluginConfig) -> String {
+    let mut unhashed = config.clone();
+    unhashed.contract.hash = String::new();
+    let json = serde_json::to_vec(&unhashed).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The plugin configuration JSON, as the filter reads it.
+pub fn to_json(config: &PluginConfig, pretty: bool) -> String {
+    let result = if pretty { serde_json::to_string_pretty(config) } else { serde_json::to_string(config) };
+    result.unwrap_or_default()
+}

@@ -1,0 +1,7 @@
+//! Contracts: the YAML people edit (`model`), loading it with positions (`load`), checking it
+//! (`check`) and compiling it to the filter's plugin configuration (`compile`). Native-only.
+
+pub mod check;
+pub mod compile;
+pub mod load;
+pub mod model;

@@ -1,0 +1,203 @@
+//! The contract as people write it (YAML, format `metricpact/v1`). Every field is optional unless
+//! noted; defaults follow the OpenTelemetry HTTP server semantic conventions. Values later checks
+//! point at are `Spanned`, so problems are reported at their `line:col`.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The only contract format this build reads.
+pub const FORMAT: &str = "metricpact/v1";
+
+/// A metrics contract.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// Contract format; must be `metricpact/v1`.
+    pub format: Spanned<String>,
+    /// Contract name: lowercase letters, digits and `-` (it names rendered Kubernetes objects).
+    pub name: Spanned<String>,
+    /// Contract version, e.g. `1.4.0`; exported in `metricpact_contract_info`.
+    pub version: Spanned<String>,
+    /// Free text for reviewers.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The traffic metrics the sidecar emits.
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// Labels of the request counter and duration histogram, in order. Omit for the OTel set.
+    #[serde(default)]
+    pub labels: Option<Spanned<Vec<LabelDef>>>,
+    /// HTTP methods kept verbatim; all others become `_OTHER`. Replaces the default list.
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// How request paths become `http_route` values.
+    #[serde(default)]
+    pub routes: Routes,
+    /// Cardinality budgets.
+    #[serde(default)]
+    pub cardinality: Cardinality,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Request counter (per-pod QPS): `rate()` of it is what autoscaling reads.
+    #[serde(default)]
+    pub requests: Option<Spanned<CounterDef>>,
+    /// Request duration histogram (p50/p95/p99).
+    #[serde(default)]
+    pub duration: Option<Spanned<DurationDef>>,
+    /// Gauge of requests in flight.
+    #[serde(default)]
+    pub active_requests: Option<Spanned<ActiveDef>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterDef {
+    /// Metric name; must end in `_total`. Default `http_server_requests_total`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Set to `false` to stop emitting this metric.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationDef {
+    /// Metric name; must end in the unit (`_milliseconds`). Default
+    /// `http_server_request_duration_milliseconds`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Set to `false` to stop emitting this metric.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Recorded unit: `milliseconds` (default) or `microseconds`. Envoy histograms hold integers.
+    #[serde(default)]
+    pub unit: Option<Spanned<DurationUnitDef>>,
+    /// Bucket upper bounds in `unit`, strictly increasing. Default: the OTel advisory bounds
+    /// (0.005 s … 10 s) expressed in `unit`.
+    #[serde(default)]
+    pub buckets: Option<Spanned<Vec<Spanned<f64>>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurationUnitDef {
+    Milliseconds,
+    Microseconds,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveDef {
+    /// Metric name (a gauge: no `_total`). Default `http_server_active_requests`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Set to `false` to stop emitting this metric.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Which labels the gauge carries; only request-side, node and constant labels qualify.
+    /// Default: every such label.
+    #[serde(default)]
+    pub labels: Option<Vec<Spanned<String>>>,
+}
+
+/// One label of the traffic metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelDef {
+    /// Prometheus label name (required).
+    pub name: Spanned<String>,
+    /// Where the value comes from: one source, or a list tried in order. Sources:
+    /// `request.method`, `request.route`, `request.scheme`, `request.protocol`,
+    /// `request.header.NAME`, `response.status_code`, `response.status_class`,
+    /// `response.error_type`, `node.KEY`, `node.KEY.FIELD` (e.g. `node.LABELS.app`).
+    #[serde(default)]
+    pub from: Option<Spanned<FromDef>>,
+    /// A constant value instead of `from`.
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
+    /// Value when no source yields one; empty (the default) leaves the label out.
+    #[serde(default)]
+    pub default: Option<Spanned<String>>,
+    /// Most distinct values; later values become `_OTHER`. Default `cardinality.max_values_per_label`.
+    #[serde(default)]
+    pub max_values: Option<Spanned<u32>>,
+    /// Allow-list: any other value becomes `_OTHER`.
+    #[serde(default)]
+    pub values: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `from: source` or `from: [source, fallback, …]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FromDef {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FromDef {
+    pub fn sources(&self) -> Vec<&str> {
+        match self {
+            FromDef::One(s) => vec![s.as_str()],
+            FromDef::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routes {
+    /// Ordered rules; the first that matches the path (query stripped) gives the route.
+    #[serde(default)]
+    pub rules: Vec<Spanned<RouteRuleDef>>,
+    /// What an unmatched path becomes: `other` (`_OTHER`, default) or `raw` (the path itself,
+    /// cut to `raw_max_length` and still capped by `max_values`).
+    #[serde(default)]
+    pub unmatched: Option<Spanned<UnmatchedDef>>,
+    /// Longest raw path kept with `unmatched: raw`. Default 64.
+    #[serde(default)]
+    pub raw_max_length: Option<Spanned<u32>>,
+}
+
+/// One route rule: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRuleDef {
+    /// The whole path equals this.
+    #[serde(default)]
+    pub exact: Option<Spanned<String>>,
+    /// The path starts with this.
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    /// The whole path matches this regex (anchored for you).
+    #[serde(default)]
+    pub regex: Option<Spanned<String>>,
+    /// The route value, e.g. `/users/{id}`. `$name`/`${name}`/`$1` insert a regex capture
+    /// (`$$` is a literal `$`). Defaults to the `exact` path.
+    #[serde(default)]
+    pub template: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedDef {
+    Other,
+    Raw,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cardinality {
+    /// Default `max_values` of every label. Default 100.
+    #[serde(default)]
+    pub max_values_per_label: Option<Spanned<u32>>,
+    /// Most label combinations per metric; later ones share one overflow series. Default 1000.
+    #[serde(default)]
+    pub max_series: Option<Spanned<u32>>,
+    /// Longest label value in bytes; longer values are cut. Default 128.
+    #[serde(default)]
+    pub max_value_length: Option<Spanned<u32>>,
+}

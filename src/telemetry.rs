@@ -1,0 +1,631 @@
+//! The per-request core of the filter, independent of proxy-wasm: resolves each request's label
+//! values, maps label combinations to metric ids (defined once, then cached), enforces the
+//! cardinality budgets, and drives a [`MetricHost`] (Envoy in production, a recorder in tests).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::config::{ContractInfo, PluginConfig, Source, Unmatched, MAX_LABELS};
+use crate::labels::{sanitize, ValueTable, EMPTY_ID, OTHER_ID};
+use crate::names::OTHER;
+use crate::routes::{RouteMatcher, RouteOutcome};
+
+/// Names of metricpact's self-metrics.
+pub const CONTRACT_INFO_METRIC: &str = "metricpact_contract_info";
+pub const LABEL_OVERFLOW_METRIC: &str = "metricpact_label_overflow_total";
+pub const SERIES_OVERFLOW_METRIC: &str = "metricpact_series_overflow_total";
+pub const SELF_METRIC_NAMES: [&str; 3] = [CONTRACT_INFO_METRIC, LABEL_OVERFLOW_METRIC, SERIES_OVERFLOW_METRIC];
+
+/// Separators of Istio's stat-name label encoding (`name=.=value;.;`).
+const VALUE_SEPARATOR: &str = "=.=";
+const FIELD_SEPARATOR: &str = ";.;";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The metric side of the host (Envoy's stats and shared data through proxy-wasm).
+pub trait MetricHost {
+    /// Defines a metric by its full (label-encoded) name; `None` if the host refused.
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    fn increment(&mut self, id: u32, delta: i64);
+    fn record(&mut self, id: u32, value: u64);
+    /// Admits `member` into the process-wide budget `scope` holding at most `max` members
+    /// (every Envoy worker runs its own VM; budgets must hold for the sidecar as a whole).
+    /// Already-admitted members are admitted again. Called only for values new to this VM.
+    fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool;
+}
+
+/// Budget scope of the traffic series (counter + histogram) and of the active gauge's series.
+const SERIES_SCOPE: &str = "series";
+const ACTIVE_SCOPE: &str = "active";
+
+/// What the request side offers; each call may be a hostcall, so the engine asks only for what
+/// the contract's labels need.
+pub trait RequestAttributes {
+    fn method(&self) -> Option<Vec<u8>>;
+    fn path(&self) -> Option<Vec<u8>>;
+    fn scheme(&self) -> Option<Vec<u8>>;
+    fn forwarded_proto(&self) -> Option<Vec<u8>>;
+    /// Envoy's `request.protocol`: `HTTP/1.1`, `HTTP/2`, …
+    fn protocol(&self) -> Option<Vec<u8>>;
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// What is known once the stream is done.
+pub trait ResponseAttributes {
+    /// The status sent downstream; `None` when no response was sent.
+    fn status_code(&self) -> Option<u32>;
+    /// Envoy's `response.code_details` (e.g. `via_upstream`, `no_healthy_upstream`).
+    fn code_details(&self) -> Option<Vec<u8>>;
+    fn duration_nanos(&self) -> Option<u64>;
+}
+
+/// Why the engine could not be built from a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A series key: one value id per label position (0 = empty for positions a metric lacks).
+type Key = [u32; MAX_LABELS];
+
+/// Keys are small integers we assign, never attacker-chosen bytes, so a fast non-keyed hash is safe.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<Key, V, BuildHasherDefault<IdHasher>>;
+
+struct Label {
+    name: String,
+    sources: Vec<Source>,
+    /// Value id used when no source yields a value.
+    default_id: u32,
+    /// For labels whose sources are all static: the value id fixed at configure time.
+    static_id: Option<u32>,
+    response_side: bool,
+    overflow_counter: Option<u32>,
+    /// Process-wide budget scope of this label's values.
+    budget_scope: String,
+    max_values: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Series {
+    requests: Option<u32>,
+    duration: Option<u32>,
+}
+
+/// Per-stream state between request headers and the end of the stream.
+#[derive(Debug, Clone)]
+pub struct Flight {
+    ids: Key,
+    active: Option<u32>,
+}
+
+/// Counts the engine keeps, for tests and diagnostics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EngineStats {
+    pub series: usize,
+    pub active_series: usize,
+    pub series_overflows: u64,
+}
+
+/// Turns request attributes into label values (immutable after configure).
+struct Normalizer {
+    methods: Vec<String>,
+    routes: RouteMatcher,
+    unmatched: Unmatched,
+    raw_max_length: usize,
+}
+
+/// The configured core: one per Wasm VM (per Envoy worker).
+pub struct Engine {
+    contract: ContractInfo,
+    labels: Vec<Label>,
+    /// Value table of each label, parallel to `labels`.
+    tables: Vec<ValueTable>,
+    normalizer: Normalizer,
+    needs_error_type: bool,
+    max_value_length: usize,
+    max_series: usize,
+    requests: Option<String>,
+    duration: Option<String>,
+    duration_unit_nanos: u64,
+    active: Option<String>,
+    /// Which label positions the active gauge carries.
+    active_mask: [bool; MAX_LABELS],
+    series: IdMap<Series>,
+    active_series: IdMap<Option<u32>>,
+    /// Keys the shared budget refused, remembered (up to `max_series`) to skip asking again.
+    refused: IdMap<()>,
+    refused_active: IdMap<()>,
+    series_overflow_counter: Option<u32>,
+    active_overflow_counter: Option<u32>,
+    series_overflows: u64,
+}
+
+impl Engine {
+    /// Validates `config` and builds the engine. `node` looks up Envoy node metadata
+    /// (`key`, optional struct `field`); it is called only here, never per request.
+    pub fn new(
+        config: &PluginConfig,
+        node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>,
+    ) -> Result<Engine, ConfigError> {
+        crate::validate::plugin_config(config).map_err(ConfigError)?;
+        let routes = RouteMatcher::new(&config.routes.rules)
+            .map_err(|e| ConfigError(format!("routes.rules[{}]: {}", e.rule, e.message)))?;
+        let max_value_length = config.max_value_length as usize;
+        let clean = |v: &[u8]| sanitize(v, max_value_length).into_owned();
+        let mut labels = Vec::with_capacity(config.labels.len());
+        let mut tables = Vec::with_capacity(config.labels.len());
+        for spec in &config.labels {
+            let mut table = ValueTable::new(spec.max_values, spec.allowed.as_deref());
+            for source in &spec.sources {
+                match source {
+                    Source::RequestMethod => {
+                        for m in &config.methods {
+                            table.intern_fixed(m);
+                        }
+                    }
+                    Source::RequestRoute => {
+                        for index in routes.fixed_rules() {
+                            table.intern_fixed(&clean(routes.template(index).as_bytes()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let default_id = table.intern_fixed(&clean(spec.default.as_bytes()));
+            let static_id = spec.sources.iter().all(Source::is_static).then(|| {
+                let value = spec.sources.iter().find_map(|s| match s {
+                    Source::Constant { value } => Some(clean(value.as_bytes())),
+                    Source::Node { key, field } => node(key, field.as_deref()).map(|v| clean(&v)),
+                    _ => None,
+                });
+                match value.filter(|v| !v.is_empty()) {
+                    Some(v) => table.intern_fixed(&v),
+                    None => default_id,
+                }
+            });
+            labels.push(Label {
+                name: spec.name.clone(),
+                sources: spec.sources.clone(),
+                default_id,
+                static_id,
+                response_side: spec.sources.iter().any(Source::is_response_side),
+                overflow_counter: None,
+                budget_scope: format!("label.{}", spec.name),
+                max_values: spec.max_values,
+            });
+            tables.push(table);
+        }
+        let mut active_mask = [false; MAX_LABELS];
+        if let Some(active) = &config.active_requests {
+            for name in &active.labels {
+                if let Some(i) = labels.iter().position(|l| &l.name == name) {
+                    active_mask[i] = true;
+                }
+            }
+        }
+        Ok(Engine {
+            contract: config.contract.clone(),
+            needs_error_type: labels.iter().any(|l| l.sources.contains(&Source::ResponseErrorType)),
+            labels,
+            tables,
+            normalizer: Normalizer {
+                methods: config.methods.clone(),
+                routes,
+                unmatched: config.routes.unmatched,
+                raw_max_length: config.routes.raw_max_length as usize,
+            },
+            max_value_length,
+            max_series: config.max_series as usize,
+            requests: config.requests.as_ref().map(|m| m.name.clone()),
+            duration: config.duration.as_ref().map(|m| m.name.clone()),
+            duration_unit_nanos: config.duration.as_ref().map_or(1_000_000, |d| d.unit.nanos()),
+            active: config.active_requests.as_ref().map(|m| m.name.clone()),
+            active_mask,
+            series: IdMap::default(),
+            active_series: IdMap::default(),
+            refused: IdMap::default(),
+            refused_active: IdMap::default(),
+            series_overflow_counter: None,
+            active_overflow_counter: None,
+            series_overflows: 0,
+        })
+    }
+
+    /// Defines the self-metrics; call once after construction.
+    pub fn define_self_metrics(&mut self, host: &mut dyn MetricHost) {
+        let clean = |v: &str| sanitize(v.as_bytes(), self.max_value_length).into_owned();
+        let info = format!(
+            "{CONTRACT_INFO_METRIC}.{}",
+            encode_tags(&[
+                ("metricpact_contract_name", &clean(&self.contract.name)),
+                ("metricpact_contract_version", &clean(&self.contract.version)),
+                ("metricpact_contract_hash", &clean(&self.contract.hash)),
+            ])
+        );
+        if let Some(id) = host.define(MetricKind::Gauge, &info) {
+            host.record(id, 1);
+        }
+        for label in &mut self.labels {
+            if label.static_id.is_none() {
+                let name = format!("{LABEL_OVERFLOW_METRIC}.{}", encode_tags(&[("metricpact_label", &label.name)]));
+                label.overflow_counter = host.define(MetricKind::Counter, &name);
+            }
+        }
+        let overflow_counter = |host: &mut dyn MetricHost, metric: &str| {
+            let name = format!("{SERIES_OVERFLOW_METRIC}.{}", encode_tags(&[("metricpact_metric", metric)]));
+            host.define(MetricKind::Counter, &name)
+        };
+        if let Some(metric) = self.requests.as_ref().or(self.duration.as_ref()) {
+            self.series_overflow_counter = overflow_counter(host, metric);
+        }
+        if let Some(metric) = &self.active {
+            self.active_overflow_counter = overflow_counter(host, metric);
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            series: self.series.len(),
+            active_series: self.active_series.len(),
+            series_overflows: self.series_overflows,
+        }
+    }
+
+    /// A flight for a stream whose request headers were never seen.
+    pub fn blank_flight(&self) -> Flight {
+        let mut ids = [EMPTY_ID; MAX_LABELS];
+        for (i, label) in self.labels.iter().enumerate() {
+            ids[i] = label.static_id.unwrap_or(label.default_id);
+        }
+        Flight { ids, active: None }
+    }
+
+    /// Called at request headers: resolves request-side labels and marks the request active.
+    pub fn start(&mut self, host: &mut dyn MetricHost, request: &dyn RequestAttributes) -> Flight {
+        let mut flight = self.blank_flight();
+        for i in 0..self.labels.len() {
+            let label = &self.labels[i];
+            if label.static_id.is_some() || label.response_side {
+                continue;
+            }
+            let value = label
+                .sources
+                .iter()
+                .find_map(|s| self.normalizer.request_value(s, request).filter(|v| !v.is_empty()));
+            flight.ids[i] = intern(&mut self.tables[i], label, host, value.as_deref(), self.max_value_length);
+        }
+        if self.active.is_some() {
+            let mut key = [EMPTY_ID; MAX_LABELS];
+            for (i, slot) in key.iter_mut().enumerate() {
+                if self.active_mask[i] {
+                    *slot = flight.ids[i];
+                }
+            }
+            flight.active = self.active_id(host, key);
+            if let Some(id) = flight.active {
+                host.increment(id, 1);
+            }
+        }
+        flight
+    }
+
+    /// Called when the stream is done (Envoy's access-log time): counts the request, records its
+    /// duration and ends its active mark.
+    pub fn finish(&mut self, host: &mut dyn MetricHost, mut flight: Flight, response: &dyn ResponseAttributes) {
+        if let Some(id) = flight.active.take() {
+            host.increment(id, -1);
+        }
+        if self.requests.is_none() && self.duration.is_none() {
+            return;
+        }
+        let status = response.status_code().filter(|s| (100..=999).contains(s));
+        let failed = status.is_none_or(|s| s >= 500);
+        // Details are a hostcall: fetched only for failures, and only if a label wants them.
+        let error = (failed && self.needs_error_type)
+            .then(|| error_type(status, response.code_details().as_deref()));
+        let mut code = itoa3::Buffer::default();
+        let code = status.map(|s| code.format(s));
+        for i in 0..self.labels.len() {
+            let label = &self.labels[i];
+            if !label.response_side {
+                continue;
+            }
+            let value = label.sources.iter().find_map(|s| match s {
+                Source::ResponseStatusCode => code,
+                Source::ResponseStatusClass => status.map(status_class),
+                Source::ResponseErrorType => error.as_deref(),
+                _ => None,
+            });
+            flight.ids[i] = intern(&mut self.tables[i], label, host, value, self.max_value_length);
+        }
+        let series = self.series_for(host, flight.ids);
+        if let Some(id) = series.requests {
+            host.increment(id, 1);
+        }
+        if let (Some(id), Some(nanos)) = (series.duration, response.duration_nanos()) {
+            host.record(id, nanos / self.duration_unit_nanos);
+        }
+    }
+
+    fn series_for(&mut self, host: &mut dyn MetricHost, key: Key) -> Series {
+        if let Some(series) = self.series.get(&key) {
+            return *series;
+        }
+        let admitted = (!self.refused.contains_key(&key))
+            .then(|| self.encode_key(&key, None))
+            .filter(|tags| self.admit_series(host, tags, false));
+        let (key, tags) = match admitted {
+            Some(tags) => (key, tags),
+            None => {
+                remember_refusal(&mut self.refused, key, self.max_series);
+                self.note_series_overflow(host, false);
+                let overflow = self.overflow_key(key);
+                if let Some(series) = self.series.get(&overflow) {
+                    return *series;
+                }
+                (overflow, self.encode_key(&overflow, None))
+            }
+        };
+        let define = |host: &mut dyn MetricHost, kind, metric: &Option<String>| {
+            metric.as_ref().and_then(|name| host.define(kind, &format!("{name}.{tags}")))
+        };
+        let series = Series {
+            requests: define(host, MetricKind::Counter, &self.requests),
+            duration: define(host, MetricKind::Histogram, &self.duration),
+        };
+        self.series.insert(key, series);
+        series
+    }
+
+    fn active_id(&mut self, host: &mut dyn MetricHost, key: Key) -> Option<u32> {
+        if let Some(id) = self.active_series.get(&key) {
+            return *id;
+        }
+        let admitted = (!self.refused_active.contains_key(&key))
+            .then(|| self.encode_key(&key, Some(&self.active_mask)))
+            .filter(|tags| self.admit_series(host, tags, true));
+        let (key, tags) = match admitted {
+            Some(tags) => (key, tags),
+            None => {
+                remember_refusal(&mut self.refused_active, key, self.max_series);
+                self.note_series_overflow(host, true);
+                let overflow = self.overflow_key(key);
+                if let Some(id) = self.active_series.get(&overflow) {
+                    return *id;
+                }
+                (overflow, self.encode_key(&overflow, Some(&self.active_mask)))
+            }
+        };
+        let id = host.define(MetricKind::Gauge, &format!("{}.{tags}", self.active.as_ref()?));
+        self.active_series.insert(key, id);
+        id
+    }
+
+    /// Whether a label combination new to this VM fits the sidecar-wide series budget.
+    fn admit_series(&self, host: &mut dyn MetricHost, tags: &str, active: bool) -> bool {
+        let (local, scope) = if active {
+            (self.active_series.len(), ACTIVE_SCOPE)
+        } else {
+            (self.series.len(), SERIES_SCOPE)
+        };
+        local < self.max_series && host.admit(scope, tags, self.max_series as u32)
+    }
+
+    fn note_series_overflow(&mut self, host: &mut dyn MetricHost, active: bool) {
+        self.series_overflows += 1;
+        let counter = if active { self.active_overflow_counter } else { self.series_overflow_counter };
+        if let Some(id) = counter {
+            host.increment(id, 1);
+        }
+    }
+
+    /// The key every over-budget combination collapses into: traffic-derived labels become
+    /// `_OTHER`, the pod's own identity (static labels) is kept so per-pod sums stay whole.
+    fn overflow_key(&self, key: Key) -> Key {
+        let mut overflow = key;
+        for (i, label) in self.labels.iter().enumerate() {
+            if label.static_id.is_none() && key[i] != label.default_id {
+                overflow[i] = OTHER_ID;
+            }
+        }
+        overflow
+    }
+
+    fn encode_key(&self, key: &Key, mask: Option<&[bool; MAX_LABELS]>) -> String {
+        let mut out = String::new();
+        for (i, label) in self.labels.iter().enumerate() {
+            if mask.is_some_and(|m| !m[i]) {
+                continue;
+            }
+            push_tag(&mut out, &label.name, self.tables[i].value(key[i]));
+        }
+        out
+    }
+}
+
+/// Sanitizes and interns one resolved value (or the label's default), counting overflows.
+fn intern(table: &mut ValueTable, label: &Label, host: &mut dyn MetricHost, value: Option<&str>, max_len: usize) -> u32 {
+    let Some(value) = value else {
+        return label.default_id;
+    };
+    let interned = table.intern_with(&sanitize(value.as_bytes(), max_len), |v| host.admit(&label.budget_scope, v, label.max_values));
+    if interned.overflowed {
+        if let Some(id) = label.overflow_counter {
+            host.increment(id, 1);
+        }
+    }
+    interned.id
+}
+
+/// Remembers a refused key, up to `cap` of them: beyond that, refusals are asked again rather than
+/// letting traffic grow the cache.
+fn remember_refusal(refused: &mut IdMap<()>, key: Key, cap: usize) {
+    if refused.len() < cap {
+        refused.insert(key, ());
+    }
+}
+
+impl Normalizer {
+    fn request_value<'s>(&'s self, source: &Source, request: &dyn RequestAttributes) -> Option<Cow<'s, str>> {
+        match source {
+            Source::RequestMethod => {
+                let method = request.method()?;
+                let known = self.methods.iter().find(|m| m.as_bytes() == method.as_slice());
+                Some(Cow::Borrowed(known.map_or(OTHER, |m| m.as_str())))
+            }
+            Source::RequestRoute => {
+                let path = request.path()?;
+                let path = String::from_utf8_lossy(&path);
+                Some(match self.routes.route(&path) {
+                    RouteOutcome::Fixed(i) => Cow::Borrowed(self.routes.template(i)),
+                    RouteOutcome::Expanded(s) => Cow::Owned(s),
+                    RouteOutcome::Unmatched(raw) => match self.unmatched {
+                        Unmatched::Other => Cow::Borrowed(OTHER),
+                        Unmatched::Raw => Cow::Owned(raw[..floor_char_boundary(raw, self.raw_max_length)].to_string()),
+                    },
+                })
+            }
+            Source::RequestScheme => {
+                if let Some(proto) = request.forwarded_proto() {
+                    if proto.eq_ignore_ascii_case(b"https") {
+                        return Some(Cow::Borrowed("https"));
+                    }
+                    if proto.eq_ignore_ascii_case(b"http") {
+                        return Some(Cow::Borrowed("http"));
+                    }
+                }
+                match request.scheme()?.as_slice() {
+                    b"http" => Some(Cow::Borrowed("http")),
+                    b"https" => Some(Cow::Borrowed("https")),
+                    other => Some(Cow::Owned(String::from_utf8_lossy(other).to_ascii_lowercase())),
+                }
+            }
+            Source::RequestProtocol => {
+                let protocol = request.protocol()?;
+                Some(match protocol.as_slice() {
+                    b"HTTP/1.1" => Cow::Borrowed("1.1"),
+                    b"HTTP/2" => Cow::Borrowed("2"),
+                    b"HTTP/3" => Cow::Borrowed("3"),
+                    b"HTTP/1.0" => Cow::Borrowed("1.0"),
+                    other => Cow::Owned(String::from_utf8_lossy(other.strip_prefix(b"HTTP/").unwrap_or(other)).into_owned()),
+                })
+            }
+            Source::RequestHeader { name } => {
+                request.header(name).map(|v| Cow::Owned(String::from_utf8_lossy(&v).into_owned()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Formats a status code without allocating.
+mod itoa3 {
+    #[derive(Default)]
+    pub struct Buffer([u8; 3]);
+
+    impl Buffer {
+        /// `code` must be 100..=999.
+        pub fn format(&mut self, code: u32) -> &str {
+            self.0 = [b'0' + (code / 100 % 10) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8];
+            std::str::from_utf8(&self.0).unwrap_or("")
+        }
+    }
+}
+
+fn push_tag(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str(VALUE_SEPARATOR);
+    out.push_str(value);
+    out.push_str(FIELD_SEPARATOR);
+}
+
+/// Encodes `(name, value)` pairs the way Istio's `extraStatTags` regexes extract them.
+pub fn encode_tags(tags: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (name, value) in tags {
+        push_tag(&mut out, name, value);
+    }
+    out
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// `2xx`-style class of a status code.
+pub fn status_class(status: u32) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => OTHER,
+    }
+}
+
+/// OTel `error.type` for a failed server request: a proxy failure class when Envoy's response
+/// details say the response did not come from the upstream, else the 5xx status as a string.
+pub fn error_type(status: Option<u32>, details: Option<&[u8]>) -> Cow<'static, str> {
+    let details = details.and_then(|d| std::str::from_utf8(d).ok()).unwrap_or("");
+    let class = if details.is_empty() || details == "via_upstream" {
+        None
+    } else if details.contains("timeout") || details == "max_duration_reached" {
+        Some("timeout")
+    } else if details.contains("no_healthy_upstream") {
+        Some("no_healthy_upstream")
+    } else if details.contains("connection_failure") || details.contains("connection_termination") && details.contains("before_response") {
+        Some("connection_failure")
+    } else if details.starts_with("upstream_reset") {
+        Some("upstream_reset")
+    } else if details.contains("cluster_not_found") || details.contains("route_not_found") {
+        Some("no_route")
+    } else if details.starts_with("downstream_") {
+        Some("downstream_disconnect")
+    } else if details.contains("overload") {
+        Some("overload")
+    } else {
+        None
+    };
+    match (class, status) {
+        (Some(class), _) => Cow::Borrowed(class),
+        (None, Some(status)) => Cow::Owned(status.to_string()),
+        (None, None) => Cow::Borrowed(OTHER),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use super::*;
+use crate::config::*;
+
+/// An in-memory host: records definitions and values by full (encoded) metric name.
+#[derive(Default)]
+struct Recorder {
+    names: Vec<(MetricKind, String)>,
+    values: BTreeMap<String, i64>,
+    samples: BTreeMap<String, Vec<u64>>,
+    defines: usize,
+    /// Budgets shared between the recorders of several "VMs", like Envoy's shared data.
+    budgets: Rc<RefCell<HashMap<String, BTreeSet<String>>>>,
+}
+
+impl MetricHost for Recorder {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        self.defines += 1;
+        if let Some(i) = self.names.iter().position(|(_, n)| n == name) {
+            return Some(i as u32);
+        }
+        self.names.push((kind, name.to_string()));
+        Some(self.names.len() as u32 - 1)
+    }
+    fn increment(&mut self, id: u32, delta: i64) {
+        *self.values.entry(self.names[id as usize].1.clone()).or_default() += delta;
+    }
+    fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool {
+        let mut budgets = self.budgets.borrow_mut();
+        let members = budgets.entry(scope.to_string()).or_default();
+        if members.contains(member) {
+            return true;
+        }
+        if members.len() >= max as usize {
+            return false;
+        }
+        members.insert(member.to_string());
+        true
+    }
+    fn record(&mut self, id: u32, value: u64) {
+        let (kind, name) = &self.names[id as usize];
+        if *kind == MetricKind::Gauge {
+            self.values.insert(name.clone(), value as i64);
+        } else {
+            self.samples.entry(name.clone()).or_default().push(value);
+        }
+    }
+}
+
+impl Recorder {
+    fn value(&self, name: &str) -> i64 {
+        self.values.get(name).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Default)]
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static [u8])>,
+}
+
+impl RequestAttributes for Req {
+    fn method(&self) -> Option<Vec<u8>> {
+        Some(self.method.as_bytes().to_vec())
+    }
+    fn path(&self) -> Option<Vec<u8>> {
+        Some(self.path.as_bytes().to_vec())
+    }
+    fn scheme(&self) -> Option<Vec<u8>> {
+        Some(b"http".to_vec())
+    }
+    fn forwarded_proto(&self) -> Option<Vec<u8>> {
+        self.header("x-forwarded-proto")
+    }
+    fn protocol(&self) -> Option<Vec<u8>> {
+        Some(b"HTTP/1.1".to_vec())
+    }
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_vec())
+    }
+}
+
+struct Resp {
+    status: Option<u32>,
+    details: &'static str,
+    millis: u64,
+}
+
+impl ResponseAttributes for Resp {
+    fn status_code(&self) -> Option<u32> {
+        self.status
+    }
+    fn code_details(&self) -> Option<Vec<u8>> {
+        Some(self.details.as_bytes().to_vec())
+    }
+    fn duration_nanos(&self) -> Option<u64> {
+        Some(self.millis * 1_000_000)
+    }
+}
+
+fn ok(millis: u64) -> Resp {
+    Resp { status: Some(200), details: "via_upstream", millis }
+}
+
+fn label(name: &str, sources: Vec<Source>) -> LabelSpec {
+    LabelSpec { name: name.into(), sources, default: String::new(), max_values: 100, allowed: None }
+}
+
+fn config() -> PluginConfig {
+    PluginConfig {
+        format: CONFIG_FORMAT,
+        contract: ContractInfo { name: "t".into(), version: "1".into(), hash: "h".into() },
+        requests: Some(MetricSpec { name: "req_total".into() }),
+        duration: Some(DurationSpec { name: "dur_milliseconds".into(), unit: DurationUnit::Milliseconds, buckets: vec![10.0] }),
+        active_requests: Some(ActiveSpec { name: "active".into(), labels: vec!["method".into(), "k8s_pod".into()] }),
+        labels: vec![
+            label("method", vec![Source::RequestMethod]),
+            label("route", vec![Source::RequestRoute]),
+            label("code", vec![Source::ResponseStatusCode]),
+            label("error_type", vec![Source::ResponseErrorType]),
+            label("k8s_pod", vec![Source::Node { key: "NAME".into(), field: None }]),
+        ],
+        methods: vec!["GET".into(), "POST".into()],
+        routes: RouteTable {
+            rules: vec![RouteRule { matcher: RouteMatch::Regex("/users/[0-9]+".into()), template: "/users/{id}".into() }],
+            unmatched: Unmatched::Other,
+            raw_max_length: 16,
+        },
+        max_series: 100,
+        max_value_length: 64,
+    }
+}
+
+fn node(key: &str, field: Option<&str>) -> Option<Vec<u8>> {
+    match (key, field) {
+        ("NAME", None) => Some(b"pod-a".to_vec()),
+        ("LABELS", Some("app")) => Some(b"shop".to_vec()),
+        _ => None,
+    }
+}
+
+fn engine(config: &PluginConfig) -> (Engine, Recorder) {
+    let mut host = Recorder::default();
+    let mut engine = Engine::new(config, &node).expect("valid config");
+    engine.define_self_metrics(&mut host);
+    (engine, host)
+}
+
+fn serve(engine: &mut Engine, host: &mut Recorder, req: Req, resp: Resp) {
+    let flight = engine.start(host, &req);
+    engine.finish(host, flight, &resp);
+}
+
+const USERS_OK: &str = "req_total.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;";
+
+#[test]
+fn counts_and_times_requests_per_label_combination() {
+    let (mut engine, mut host) = engine(&config());
+    for id in ["/users/1", "/users/2?x=1", "/users/3"] {
+        serve(&mut engine, &mut host, Req { method: "GET", path: id, ..Req::default() }, ok(12));
+    }
+    serve(&mut engine, &mut host, Req { method: "BREW", path: "/coffee", ..Req::default() }, ok(3));
+    assert_eq!(host.value(USERS_OK), 3);
+    assert_eq!(host.value("req_total.method=.=_OTHER;.;route=.=_OTHER;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"), 1);
+    assert_eq!(
+        host.samples["dur_milliseconds.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"],
+        vec![12, 12, 12]
+    );
+}
+
+#[test]
+fn metric_ids_are_defined_once_per_combination() {
+    let (mut engine, mut host) = engine(&config());
+    let before = host.defines;
+    for _ in 0..50 {
+        serve(&mut engine, &mut host, Req { method: "GET", path: "/users/9", ..Req::default() }, ok(1));
+    }
+    // One counter, one histogram, one active gauge.
+    assert_eq!(host.defines - before, 3);
+}
+
+#[test]
+fn active_requests_rise_and_fall() {
+    let (mut engine, mut host) = engine(&config());
+    let a = engine.start(&mut host, &Req { method: "GET", path: "/", ..Req::default() });
+    let b = engine.start(&mut host, &Req { method: "GET", path: "/x", ..Req::default() });
+    assert_eq!(host.value("active.method=.=GET;.;k8s_pod=.=pod-a;.;"), 2);
+    engine.finish(&mut host, a, &ok(1));
+    engine.finish(&mut host, b, &Resp { status: None, details: "downstream_remote_disconnect", millis: 1 });
+    assert_eq!(host.value("active.method=.=GET;.;k8s_pod=.=pod-a;.;"), 0);
+}
+
+#[test]
+fn error_type_names_5xx_and_proxy_failures() {
+    let (mut engine, mut host) = engine(&config());
+    let get = || Req { method: "GET", path: "/users/1", ..Req::default() };
+    serve(&mut engine, &mut host, get(), Resp { status: Some(503), details: "via_upstream", millis: 1 });
+    serve(&mut engine, &mut host, get(), Resp { status: Some(503), details: "no_healthy_upstream", millis: 1 });
+    serve(&mut engine, &mut host, get(), Resp { status: Some(504), details: "response_timeout", millis: 1 });
+    serve(&mut engine, &mut host, get(), Resp { status: Some(404), details: "via_upstream", millis: 1 });
+    let key = |code: &str, err: &str| {
+        format!("req_total.method=.=GET;.;route=.=/users/{{id}};.;code=.={code};.;error_type=.={err};.;k8s_pod=.=pod-a;.;")
+    };
+    assert_eq!(host.value(&key("503", "503")), 1);
+    assert_eq!(host.value(&key("503", "no_healthy_upstream")), 1);
+    assert_eq!(host.value(&key("504", "timeout")), 1);
+    assert_eq!(host.value(&key("404", "")), 1);
+}
+
+#[test]
+fn error_type_classes() {
+    assert_eq!(error_type(Some(500), Some(b"via_upstream")), "500");
+    assert_eq!(error_type(Some(503), Some(b"upstream_reset_before_response_started{connection_failure}")), "connection_failure");
+    assert_eq!(error_type(Some(503), Some(b"upstream_reset_before_response_started{remote_reset}")), "upstream_reset");
+    assert_eq!(error_type(Some(404), Some(b"route_not_found")), "no_route");
+    assert_eq!(error_type(None, Some(b"downstream_remote_disconnect")), "downstream_disconnect");
+    assert_eq!(error_type(None, None), "_OTHER");
+}
+
+#[test]
+fn label_budget_overflows_to_other_and_is_counted() {
+    let mut cfg = config();
+    cfg.labels.push(LabelSpec { max_values: 2, ..label("tenant", vec![Source::RequestHeader { name: "x-tenant".into() }]) });
+    let (mut engine, mut host) = engine(&cfg);
+    for tenant in [&b"a"[..], b"b", b"c", b"d", b"a"] {
+        let req = Req { method: "GET", path: "/users/1", headers: vec![("x-tenant", tenant)] };
+        serve(&mut engine, &mut host, req, ok(1));
+    }
+    let key = |t: &str| format!("{USERS_OK}tenant=.={t};.;");
+    assert_eq!(host.value(&key("a")), 2);
+    assert_eq!(host.value(&key("b")), 1);
+    assert_eq!(host.value(&key("_OTHER")), 2);
+    assert_eq!(host.value("metricpact_label_overflow_total.metricpact_label=.=tenant;.;"), 2);
+}
+
+#[test]
+fn series_budget_keeps_pod_identity_in_the_overflow_series() {
+    let mut cfg = config();
+    cfg.max_series = 1;
+    cfg.routes.unmatched = Unmatched::Raw;
+    let (mut engine, mut host) = engine(&cfg);
+    for path in ["/a", "/b", "/c"] {
+        serve(&mut engine, &mut host, Req { method: "GET", path, ..Req::default() }, ok(1));
+    }
+    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/a;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"), 1);
+    assert_eq!(
+        host.value("req_total.method=.=_OTHER;.;route=.=_OTHER;.;code=.=_OTHER;.;error_type=.=;.;k8s_pod=.=pod-a;.;"),
+        2
+    );
+    assert_eq!(host.value("metricpact_series_overflow_total.metricpact_metric=.=req_total;.;"), 2);
+    assert_eq!(engine.stats().series, 2);
+}
+
+#[test]
+fn budgets_hold_across_vms_sharing_the_process() {
+    // Two workers (two VMs) of one sidecar share label and series budgets.
+    let mut cfg = config();
+    cfg.labels.push(LabelSpec { max_values: 2, ..label("tenant", vec![Source::RequestHeader { name: "x-tenant".into() }]) });
+    let (mut vm1, mut host1) = engine(&cfg);
+    let (mut vm2, mut host2) = engine(&cfg);
+    host2.budgets = host1.budgets.clone();
+    let req = |t: &'static [u8]| Req { method: "GET", path: "/users/1", headers: vec![("x-tenant", t)] };
+    serve(&mut vm1, &mut host1, req(b"a"), ok(1));
+    serve(&mut vm2, &mut host2, req(b"b"), ok(1));
+    serve(&mut vm2, &mut host2, req(b"c"), ok(1)); // third distinct value sidecar-wide
+    serve(&mut vm1, &mut host1, req(b"c"), ok(1));
+    serve(&mut vm2, &mut host2, req(b"a"), ok(1)); // admitted by vm1: known sidecar-wide
+    let key = |t: &str| format!("{USERS_OK}tenant=.={t};.;");
+    assert_eq!(host1.value(&key("a")), 1);
+    assert_eq!(host2.value(&key("a")), 1);
+    assert_eq!(host2.value(&key("b")), 1);
+    assert_eq!(host1.value(&key("_OTHER")) + host2.value(&key("_OTHER")), 2);
+}
+
+#[test]
+fn hostile_values_cannot_forge_labels() {
+    let mut cfg = config();
+    cfg.routes.unmatched = Unmatched::Raw;
+    cfg.routes.raw_max_length = 64;
+    cfg.labels.push(label("tenant", vec![Source::RequestHeader { name: "x-tenant".into() }]));
+    let (mut engine, mut host) = engine(&cfg);
+    let req = Req {
+        method: "GET",
+        path: "/x;.;k8s_pod=.=evil;.;\"\n",
+        headers: vec![("x-tenant", b"t;.;k8s_pod=.=evil\r\n\xff")],
+    };
+    serve(&mut engine, &mut host, req, ok(1));
+    let name = "req_total.method=.=GET;.;route=.=/x_._k8s_pod_._evil_.___;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;tenant=.=t_._k8s_pod_._evil_____;.;";
+    assert_eq!(host.value(name), 1, "{:?}", host.values);
+}
+
+#[test]
+fn raw_routes_are_cut() {
+    let mut cfg = config();
+    cfg.routes.unmatched = Unmatched::Raw;
+    let (mut engine, mut host) = engine(&cfg);
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/0123456789abcdefXYZ", ..Req::default() }, ok(1));
+    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/0123456789abcde;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"), 1);
+}
+
+#[test]
+fn contract_info_is_exported() {
+    let (_, host) = engine(&config());
+    assert_eq!(
+        host.value("metricpact_contract_info.metricpact_contract_name=.=t;.;metricpact_contract_version=.=1;.;metricpact_contract_hash=.=h;.;"),
+        1
+    );
+}
+
+#[test]
+fn missing_node_metadata_uses_the_default() {
+    let mut cfg = config();
+    cfg.labels[4] = LabelSpec { default: "unknown".into(), ..label("k8s_pod", vec![Source::Node { key: "MISSING".into(), field: None }]) };
+    let (mut engine, mut host) = engine(&cfg);
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(1));
+    assert_eq!(host.value(&USERS_OK.replace("pod-a", "unknown")), 1);
+}
+
+#[test]
+fn disabled_metrics_are_not_defined() {
+    let mut cfg = config();
+    cfg.duration = None;
+    cfg.active_requests = None;
+    let (mut engine, mut host) = engine(&cfg);
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(1));
+    assert!(host.names.iter().all(|(_, n)| !n.starts_with("dur_") && !n.starts_with("active")));
+    assert_eq!(host.value(USERS_OK), 1);
+}
+
+#[test]
+fn invalid_configs_are_refused() {
+    let mut cfg = config();
+    cfg.labels[0].name = "pod".into();
+    assert!(Engine::new(&cfg, &node).is_err());
+    let mut cfg = config();
+    cfg.routes.rules[0].matcher = RouteMatch::Regex("(".into());
+    assert!(Engine::new(&cfg, &node).err().unwrap().0.contains("routes.rules[0]"));
+    let mut cfg = config();
+    cfg.active_requests.as_mut().unwrap().labels.push("code".into());
+    assert!(Engine::new(&cfg, &node).is_err());
+    assert!(PluginConfig::from_json(b"{not json").is_err());
+    assert!(PluginConfig::from_json(br#"{"format": 2}"#).is_err());
+}
+
+#[test]
+fn config_round_trips_through_json() {
+    let cfg = config();
+    let json = serde_json::to_vec(&cfg).unwrap();
+    assert_eq!(PluginConfig::from_json(&json).unwrap(), cfg);
+}

@@ -1,0 +1,231 @@
+//! The real `metricpact` binary on real files: every shipped contract checks clean, broken
+//! contracts get `file:line:col` diagnostics and exit 1, `compile` emits what the filter reads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use metricpact::config::PluginConfig;
+
+fn metricpact(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metricpact")).args(args).output().expect("run metricpact")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn temp_contract(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("metricpact-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn shipped_contracts() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_contract_checks_clean_and_compiles() {
+    let files = shipped_contracts();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in &files {
+        let check = metricpact(&["check", file.to_str().unwrap()]);
+        assert!(check.status.success(), "{}: {}", file.display(), stdout(&check));
+        assert_eq!(stdout(&check), "", "{} has warnings", file.display());
+        let compiled = metricpact(&["compile", file.to_str().unwrap()]);
+        assert!(compiled.status.success());
+        let config = PluginConfig::from_json(&compiled.stdout).expect("compile output is a valid plugin config");
+        metricpact::telemetry::Engine::new(&config, &|_, _| None).expect("the filter accepts it");
+    }
+}
+
+#[test]
+fn default_contract_compiles_to_the_otel_label_set() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml");
+    let config = PluginConfig::from_json(&metricpact(&["compile", file.to_str().unwrap()]).stdout).unwrap();
+    let labels: Vec<_> = config.labels.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "http_request_method",
+            "http_route",
+            "http_response_status_code",
+            "error_type",
+            "url_scheme",
+            "network_protocol_version",
+            "k8s_pod_name",
+            "k8s_namespace_name",
+            "service_name"
+        ]
+    );
+    let duration = config.duration.unwrap();
+    assert_eq!(duration.name, "http_server_request_duration_milliseconds");
+    assert_eq!(duration.buckets, [5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0, 10000.0]);
+    assert_eq!(config.requests.unwrap().name, "http_server_requests_total");
+    assert_eq!(config.contract.hash.len(), 12);
+}
+
+#[test]
+fn minimal_contract_gets_otel_defaults() {
+    let file = temp_contract("minimal.yaml", "format: metricpact/v1\nname: minimal\nversion: '1'\n");
+    let config = PluginConfig::from_json(&metricpact(&["compile", file.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(config.labels.len(), 9);
+    assert_eq!(config.methods, ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"]);
+    // Microsecond unit scales the OTel default buckets.
+    let file = temp_contract(
+        "micro.yaml",
+        "format: metricpact/v1\nname: micro\nversion: '1'\nmetrics:\n  duration:\n    name: d_microseconds\n    unit: microseconds\n",
+    );
+    let config = PluginConfig::from_json(&metricpact(&["compile", file.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(config.duration.unwrap().buckets[..3], [5000.0, 10000.0, 25000.0]);
+}
+
+const BROKEN: &str = r#"format: metricpact/v1
+name: Broken_Name
+version: 1.0.0
+metrics:
+  requests:
+    name: http_requests
+  duration:
+    name: latency_seconds
+    buckets: [10, 5, 20]
+  active_requests:
+    labels: [http_response_status_code, nope]
+labels:
+  - name: http_response_status_code
+    from: response.status_code
+  - name: code
+    from: response.status_code
+  - name: status_code
+    from: response.status_code
+  - name: pod
+    from: node.NAME
+  - name: http-route
+    from: request.route
+  - name: tenant
+    from: request.headers.x-tenant
+  - name: tenant
+    value: a
+  - name: reporter
+    value: b
+routes:
+  rules:
+    - regex: '/users/([0-9]+'
+      template: /users/{id}
+    - prefix: /a
+      regex: /b
+      template: /x
+    - regex: /c/(?P<v>x)
+      template: /c/${w}
+"#;
+
+#[test]
+fn broken_contract_reports_every_problem_at_its_position() {
+    let file = temp_contract("broken.yaml", BROKEN);
+    let out = metricpact(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let f = file.display().to_string();
+    let expected = [
+        format!("{f}:2:7: error: contract name must be 1-63 lowercase letters, digits or `-`, starting and ending with a letter or digit (it names Kubernetes objects)"),
+        format!("{f}:6:11: error: counter `http_requests` must end in `_total`"),
+        format!("{f}:8:11: error: histogram `latency_seconds` records milliseconds: its name must end in `_milliseconds`"),
+        format!("{f}:9:19: error: buckets must be strictly increasing: 5 follows 10"),
+        format!("{f}:11:14: error: `http_response_status_code` comes from the response, which an in-flight request does not have"),
+        format!("{f}:11:41: error: `nope` is not one of the contract's labels"),
+        format!("{f}:15:11: error: label `code` is a suffix of `http_response_status_code`: Envoy's unanchored tag regex for `code` would also match inside `http_response_status_code`; rename one of them"),
+        format!("{f}:17:11: error: label `status_code` is a suffix of `http_response_status_code`: Envoy's unanchored tag regex for `status_code` would also match inside `http_response_status_code`; rename one of them"),
+        format!("{f}:19:11: error: label `pod` collides with the `pod` target label Prometheus attaches to every scraped series; use a distinct name such as `k8s_pod_name`"),
+        format!("{f}:21:11: error: `http-route` is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with `__`)"),
+        format!("{f}:24:11: error: unknown source `request.headers.x-tenant`; expected one of request.method, request.route, request.scheme, request.protocol, request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD"),
+        format!("{f}:25:11: error: duplicate label `tenant`"),
+        format!("{f}:27:11: error: label `reporter` reuses a tag name Istio's sidecar already extracts; the first extractor wins, so rename it"),
+        format!("{f}:31:14: error: regex does not compile: regex parse error: /users/([0-9]+ ^ error: unclosed group"),
+        format!("{f}:34:14: error: route rule has more than one of `exact`, `prefix`, `regex`; split it into separate rules"),
+        format!("{f}:37:17: error: template refers to capture `w`, which the regex does not define"),
+    ];
+    let got = stdout(&out);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(got, expected.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[test]
+fn structural_errors_have_positions_too() {
+    let cases = [
+        ("format: metricpact/v1\nname: x\nversion: '1'\nmetrics:\n  requests:\n    nmae: y\n", "6:5: error: unknown field `nmae`, expected one of name, enabled"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\ncardinality:\n  max_series: lots\n", "5:15: error: expected a whole number"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\nname: y\n", "4:1: error: duplicate key `name`; each key may appear once"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\nlabels: [{name: a, from: {x: 1}}]\n", "4:26: error: expected a source (e.g. `request.route`) or a list of sources"),
+        ("format: metricpact/v2\nname: x\nversion: '1'\n", "1:9: error: unsupported format `metricpact/v2`; this build reads `metricpact/v1`"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\nroutes:\n  unmatched: raw\n", "5:14: warning: `unmatched: raw` puts raw request paths"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = temp_contract(&format!("structural{i}.yaml"), text);
+        let out = metricpact(&["check", file.to_str().unwrap()]);
+        let got = stdout(&out);
+        assert!(got.starts_with(&format!("{}:{want}", file.display())), "case {i}: {got}");
+        let warning_only = want.contains("warning");
+        assert_eq!(out.status.code(), Some(if warning_only { 0 } else { 1 }), "case {i}");
+    }
+}
+
+#[test]
+fn strict_mode_fails_on_warnings() {
+    let file = temp_contract("warn.yaml", "format: metricpact/v1\nname: x\nversion: '1'\nroutes:\n  unmatched: raw\n");
+    assert_eq!(metricpact(&["check", "--strict", file.to_str().unwrap()]).status.code(), Some(1));
+}
+
+#[test]
+fn json_output_lists_diagnostics() {
+    let file = temp_contract("json.yaml", "format: metricpact/v1\nname: x\nversion: ''\n");
+    let out = metricpact(&["check", "--format", "json", file.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["diagnostics"][0]["line"], 3);
+    assert_eq!(v["diagnostics"][0]["message"], "contract version must not be empty");
+}
+
+#[test]
+fn compile_refuses_a_broken_contract() {
+    let file = temp_contract("broken2.yaml", BROKEN);
+    let out = metricpact(&["compile", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":6:11: error:"));
+}
+
+#[test]
+fn missing_file_is_an_io_error() {
+    let out = metricpact(&["check", "/nonexistent/contract.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("/nonexistent/contract.yaml:1:1: error: cannot read contract"));
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [&["--help"][..], &["check", "--help"], &["compile", "--help"], &["envoy-stats", "--help"]] {
+        let out = metricpact(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(stdout(&out).contains("Usage: metricpact"), "{args:?}");
+    }
+}
+
+#[test]
+fn envoy_stats_lists_a_tag_per_label_and_the_buckets() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml");
+    let out = metricpact(&["envoy-stats", file.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tags = v["stats_tags"].as_array().unwrap();
+    assert_eq!(tags.len(), 9 + 5);
+    assert_eq!(tags[1]["tag_name"], "http_route");
+    assert_eq!(tags[1]["regex"], "(http_route=\\.=(.*?);\\.;)");
+    assert_eq!(v["histogram_bucket_settings"][0]["match"]["prefix"], "wasmcustom.http_server_request_duration_milliseconds.");
+}
