@@ -558,7 +558,12 @@ mod itoa3 {
     }
 }
 
+/// Appends one encoded tag; an empty value is left out, so the label is absent (as Prometheus
+/// treats an empty label anyway) and costs no bytes in every series.
 fn push_tag(out: &mut String, name: &str, value: &str) {
+    if value.is_empty() {
+        return;
+    }
     out.push_str(name);
     out.push_str(VALUE_SEPARATOR);
     out.push_str(value);

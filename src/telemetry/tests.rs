@@ -158,7 +158,7 @@ fn serve(engine: &mut Engine, host: &mut Recorder, req: Req, resp: Resp) {
     engine.finish(host, flight, &resp);
 }
 
-const USERS_OK: &str = "req_total.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;";
+const USERS_OK: &str = "req_total.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;k8s_pod=.=pod-a;.;";
 
 #[test]
 fn counts_and_times_requests_per_label_combination() {
@@ -168,9 +168,9 @@ fn counts_and_times_requests_per_label_combination() {
     }
     serve(&mut engine, &mut host, Req { method: "BREW", path: "/coffee", ..Req::default() }, ok(3));
     assert_eq!(host.value(USERS_OK), 3);
-    assert_eq!(host.value("req_total.method=.=_OTHER;.;route=.=_OTHER;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"), 1);
+    assert_eq!(host.value("req_total.method=.=_OTHER;.;route=.=_OTHER;.;code=.=200;.;k8s_pod=.=pod-a;.;"), 1);
     assert_eq!(
-        host.samples["dur_milliseconds.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"],
+        host.samples["dur_milliseconds.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;k8s_pod=.=pod-a;.;"],
         vec![12, 12, 12]
     );
 }
@@ -206,7 +206,8 @@ fn error_type_names_5xx_and_proxy_failures() {
     serve(&mut engine, &mut host, get(), Resp { status: Some(504), details: "response_timeout", millis: 1 });
     serve(&mut engine, &mut host, get(), Resp { status: Some(404), details: "via_upstream", millis: 1 });
     let key = |code: &str, err: &str| {
-        format!("req_total.method=.=GET;.;route=.=/users/{{id}};.;code=.={code};.;error_type=.={err};.;k8s_pod=.=pod-a;.;")
+        let err = if err.is_empty() { String::new() } else { format!("error_type=.={err};.;") };
+        format!("req_total.method=.=GET;.;route=.=/users/{{id}};.;code=.={code};.;{err}k8s_pod=.=pod-a;.;")
     };
     assert_eq!(host.value(&key("503", "503")), 1);
     assert_eq!(host.value(&key("503", "no_healthy_upstream")), 1);
@@ -249,9 +250,9 @@ fn series_budget_keeps_pod_identity_in_the_overflow_series() {
     for path in ["/a", "/b", "/c"] {
         serve(&mut engine, &mut host, Req { method: "GET", path, ..Req::default() }, ok(1));
     }
-    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/a;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"), 1);
+    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/a;.;code=.=200;.;k8s_pod=.=pod-a;.;"), 1);
     assert_eq!(
-        host.value("req_total.method=.=_OTHER;.;route=.=_OTHER;.;code=.=_OTHER;.;error_type=.=;.;k8s_pod=.=pod-a;.;"),
+        host.value("req_total.method=.=_OTHER;.;route=.=_OTHER;.;code=.=_OTHER;.;k8s_pod=.=pod-a;.;"),
         2
     );
     assert_eq!(host.value("metricpact_series_overflow_total.metricpact_metric=.=req_total;.;"), 2);
@@ -292,7 +293,7 @@ fn hostile_values_cannot_forge_labels() {
         headers: vec![("x-tenant", b"t;.;k8s_pod=.=evil\r\n\xff")],
     };
     serve(&mut engine, &mut host, req, ok(1));
-    let name = "req_total.method=.=GET;.;route=.=/x_._k8s_pod_._evil_.___;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;tenant=.=t_._k8s_pod_._evil_____;.;";
+    let name = "req_total.method=.=GET;.;route=.=/x_._k8s_pod_._evil_.___;.;code=.=200;.;k8s_pod=.=pod-a;.;tenant=.=t_._k8s_pod_._evil_____;.;";
     assert_eq!(host.value(name), 1, "{:?}", host.values);
 }
 
@@ -302,7 +303,7 @@ fn raw_routes_are_cut() {
     cfg.routes.unmatched = Unmatched::Raw;
     let (mut engine, mut host) = engine(&cfg);
     serve(&mut engine, &mut host, Req { method: "GET", path: "/0123456789abcdefXYZ", ..Req::default() }, ok(1));
-    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/0123456789abcde;.;code=.=200;.;error_type=.=;.;k8s_pod=.=pod-a;.;"), 1);
+    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/0123456789abcde;.;code=.=200;.;k8s_pod=.=pod-a;.;"), 1);
 }
 
 #[test]

@@ -298,9 +298,10 @@ def run_load(pods: list):
             for thread in drivers:
                 while thread.is_alive():
                     thread.join(timeout=0.5)
-        finally:
+        except BaseException:  # interrupted: stop sending, drop what is queued, wait for the rest
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # ---------------------------------------------------------------- numbers
@@ -319,9 +320,10 @@ def client_numbers(pod: Pod, window_end: float) -> tuple[float, float | None]:
 
 
 def relative_error(measured: float | None, expected: float | None) -> float:
+    """Signed; infinite when there is nothing to compare."""
     if measured is None or not expected:
         return float("inf")
-    return abs(measured - expected) / expected
+    return (measured - expected) / expected
 
 
 def fmt(value: float | None, digits=1) -> str:
@@ -351,10 +353,10 @@ def report(pods: list, prom_port: int, at: float) -> list:
         qps_error = relative_error(qps, client_qps)
         rows.append((pod.name, f"{pod.app} ({pod.language})", fmt(qps, 2), fmt(client_qps, 2),
                      f"{qps_error * 100:+.1f}%" if qps is not None else "n/a", fmt(p95), fmt(client_p95)))
-        if qps_error > MAX_QPS_ERROR:
+        if abs(qps_error) > MAX_QPS_ERROR:
             failures.append(f"{pod.name}: QPS from Prometheus {fmt(qps, 2)} vs {client_qps:.2f} sent "
                             f"(more than {MAX_QPS_ERROR:.0%} off)")
-        if relative_error(p95, client_p95) > MAX_P95_ERROR:
+        if abs(relative_error(p95, client_p95)) > MAX_P95_ERROR:
             failures.append(f"{pod.name}: p95 from Prometheus {fmt(p95)} ms vs {fmt(client_p95)} ms "
                             f"seen by the client (more than {MAX_P95_ERROR:.0%} off)")
     print()

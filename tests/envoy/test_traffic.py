@@ -40,10 +40,10 @@ def expect_series(expo, name, labels, value):
 
 
 def series_labels(**overrides):
-    labels = {"http_request_method": "GET", "http_route": "_OTHER", "http_response_status_code": "200",
-              "error_type": "", **PLAIN}
+    """A traffic series' full label set; an empty value means the label is absent."""
+    labels = {"http_request_method": "GET", "http_route": "_OTHER", "http_response_status_code": "200", **PLAIN}
     labels.update(overrides)
-    return labels
+    return {k: v for k, v in labels.items() if v != ""}
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_missing_node_metadata_falls_back_to_defaults(workdir, upstream):
     with sidecar(workdir, DEFAULT_CONTRACT, upstream.port, node_metadata={}) as envoy:
         envoy.request("GET", "/")
         sample, = envoy.scrape().series(REQUESTS)
-    assert sample.labels["k8s_pod_name"] == ""
+    assert "k8s_pod_name" not in sample.labels  # no NAME, no default: the label is absent
     assert sample.labels["service_name"] == "unknown"
 
 
@@ -178,11 +178,13 @@ def test_label_values_beyond_their_budget_become_other_and_are_counted(workdir, 
     with sidecar(workdir, contract, upstream.port) as envoy:
         for tenant in ["acme", "globex", "initech", "umbrella", "acme"]:
             envoy.request("GET", "/a", headers={"x-tenant": tenant})
+        envoy.request("GET", "/a")  # no header: the label is absent, which costs no budget
         expo = envoy.scrape()
     pod = {"k8s_pod_name": "cart-7d9f8b6c5-x2x8k"}
     expect_series(expo, REQUESTS, {"http_route": "/a", "tenant": "acme", **pod}, 2)
     expect_series(expo, REQUESTS, {"http_route": "/a", "tenant": "globex", **pod}, 1)
     expect_series(expo, REQUESTS, {"http_route": "/a", "tenant": "_OTHER", **pod}, 2)
+    expect_series(expo, REQUESTS, {"http_route": "/a", **pod}, 1)
     expect_series(expo, "metricpact_label_overflow_total", {"metricpact_label": "tenant"}, 2)
     expect_series(expo, "metricpact_label_overflow_total", {"metricpact_label": "http_route"}, 0)
 
@@ -213,9 +215,9 @@ def test_hostile_paths_and_headers_cannot_forge_labels_or_metrics(workdir, upstr
         expo = envoy.scrape()
     pods = {s.labels.get("k8s_pod_name") for s in expo.series(REQUESTS)}
     assert pods == {"cart-7d9f8b6c5-x2x8k"}
-    tenants = {s.labels["tenant"] for s in expo.series(REQUESTS)}
+    tenants = {s.labels.get("tenant") for s in expo.series(REQUESTS)}
     assert "x_._k8s_pod_name_._evil_.__}__1" in tenants
-    routes = {s.labels["http_route"] for s in expo.series(REQUESTS)}
+    routes = {s.labels.get("http_route") for s in expo.series(REQUESTS)}
     assert "/%0Ainjected%22" in routes
     if raw.startswith(b"HTTP/1.1 200"):
         assert "/h_._k8s_pod_name_._evil_._" in routes
