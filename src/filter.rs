@@ -128,7 +128,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { engine: self.engine.clone(), flight: None }))
+        Some(Box::new(Stream { engine: self.engine.clone(), flight: None, status: None, started_nanos: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -139,6 +139,8 @@ impl RootContext for Root {
 struct Stream {
     engine: Option<Rc<RefCell<Engine>>>,
     flight: Option<Flight>,
+    status: Option<u32>,
+    started_nanos: Option<u64>,
 }
 
 /// The current stream's request, read lazily through hostcalls.
@@ -165,19 +167,37 @@ impl RequestAttributes for HostRequest {
     }
 }
 
-/// The current stream's outcome, read at access-log time.
-struct HostResponse;
+/// The current stream's outcome. Status and timing come from what the stream already saw
+/// (the `:status` header, two clock reads): property lookups cost several microseconds each, so
+/// they are only the fallback for streams whose response headers never passed this filter.
+struct HostResponse {
+    status: Option<u32>,
+    started_nanos: Option<u64>,
+}
 
 impl ResponseAttributes for HostResponse {
     fn status_code(&self) -> Option<u32> {
-        property_i64(&["response", "code"]).and_then(|c| u32::try_from(c).ok())
+        self.status
+            .or_else(|| property_i64(&["response", "code"]).and_then(|c| u32::try_from(c).ok()))
     }
     fn code_details(&self) -> Option<Vec<u8>> {
         property(&["response", "code_details"])
     }
     fn duration_nanos(&self) -> Option<u64> {
-        property_i64(&["request", "duration"]).and_then(|d| u64::try_from(d).ok())
+        match self.started_nanos {
+            Some(start) => now_nanos().map(|now| now.saturating_sub(start)),
+            None => property_i64(&["request", "duration"]).and_then(|d| u64::try_from(d).ok()),
+        }
     }
+}
+
+fn now_nanos() -> Option<u64> {
+    let now = hostcalls::get_current_time().ok()?;
+    now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+}
+
+fn parse_status(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 impl Context for Stream {}
@@ -185,15 +205,30 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
+            if engine.records_duration() {
+                self.started_nanos = now_nanos();
+            }
             self.flight = Some(engine.start(&mut EnvoyStats, &HostRequest));
         }
         Action::Continue
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| parse_status(&s));
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
-            let flight = self.flight.take().unwrap_or_else(|| engine.blank_flight());
-            engine.finish(&mut EnvoyStats, flight, &HostResponse);
+            let flight = match self.flight.take() {
+                Some(flight) => flight,
+                None => engine.late_flight(&mut EnvoyStats, &HostRequest),
+            };
+            let response = HostResponse { status: self.status, started_nanos: self.started_nanos };
+            engine.finish(&mut EnvoyStats, flight, &response);
         }
     }
 }

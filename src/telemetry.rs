@@ -289,6 +289,11 @@ impl Engine {
         }
     }
 
+    /// Whether requests need timing (the duration histogram is enabled).
+    pub fn records_duration(&self) -> bool {
+        self.duration.is_some()
+    }
+
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             series: self.series.len(),
@@ -297,8 +302,8 @@ impl Engine {
         }
     }
 
-    /// A flight for a stream whose request headers were never seen.
-    pub fn blank_flight(&self) -> Flight {
+    /// A flight with only static labels and defaults.
+    fn blank_flight(&self) -> Flight {
         let mut ids = [EMPTY_ID; MAX_LABELS];
         for (i, label) in self.labels.iter().enumerate() {
             ids[i] = label.static_id.unwrap_or(label.default_id);
@@ -308,6 +313,13 @@ impl Engine {
 
     /// Called at request headers: resolves request-side labels and marks the request active.
     pub fn start(&mut self, host: &mut dyn MetricHost, request: &dyn RequestAttributes) -> Flight {
+        let flight = self.late_flight(host, request);
+        self.mark_active(host, flight)
+    }
+
+    /// For a stream whose request headers never reached the filter (an earlier filter answered
+    /// it): resolves request-side labels from what the stream still has, without an active mark.
+    pub fn late_flight(&mut self, host: &mut dyn MetricHost, request: &dyn RequestAttributes) -> Flight {
         let mut flight = self.blank_flight();
         for i in 0..self.labels.len() {
             let label = &self.labels[i];
@@ -320,6 +332,10 @@ impl Engine {
                 .find_map(|s| self.normalizer.request_value(s, request).filter(|v| !v.is_empty()));
             flight.ids[i] = intern(&mut self.tables[i], label, host, value.as_deref(), self.max_value_length);
         }
+        flight
+    }
+
+    fn mark_active(&mut self, host: &mut dyn MetricHost, mut flight: Flight) -> Flight {
         if self.active.is_some() {
             let mut key = [EMPTY_ID; MAX_LABELS];
             for (i, slot) in key.iter_mut().enumerate() {
@@ -368,8 +384,10 @@ impl Engine {
         if let Some(id) = series.requests {
             host.increment(id, 1);
         }
-        if let (Some(id), Some(nanos)) = (series.duration, response.duration_nanos()) {
-            host.record(id, nanos / self.duration_unit_nanos);
+        if let Some(id) = series.duration {
+            if let Some(nanos) = response.duration_nanos() {
+                host.record(id, nanos / self.duration_unit_nanos);
+            }
         }
     }
 

@@ -356,3 +356,12 @@ fn config_round_trips_through_json() {
     let json = serde_json::to_vec(&cfg).unwrap();
     assert_eq!(PluginConfig::from_json(&json).unwrap(), cfg);
 }
+
+#[test]
+fn late_flights_count_without_an_active_mark() {
+    let (mut engine, mut host) = engine(&config());
+    let flight = engine.late_flight(&mut host, &Req { method: "GET", path: "/users/1", ..Req::default() });
+    engine.finish(&mut host, flight, &Resp { status: Some(403), details: "rbac_access_denied", millis: 1 });
+    assert_eq!(host.value(&USERS_OK.replace("code=.=200", "code=.=403")), 1);
+    assert!(host.names.iter().all(|(_, n)| !n.starts_with("active.")));
+}

@@ -286,3 +286,29 @@ def json_name(contract: Path) -> str:
     import json
     plugin_config, _ = compile_contract(contract)
     return json.loads(plugin_config)["requests"]["name"]
+
+
+def test_requests_denied_by_an_earlier_filter_are_still_counted(workdir, upstream):
+    """An RBAC filter before metricpact answers 403 itself: the response never passes our filter,
+    so status and duration come from Envoy's stream info at log time."""
+    rbac = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "DENY", "policies": {"forbidden": {
+                "permissions": [{"url_path": {"path": {"prefix": "/admin"}}}],
+                "principals": [{"any": True}]}}},
+        },
+    }
+    plugin_config, stats = compile_contract(DEFAULT_CONTRACT)
+    config = bootstrap(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
+                       http_filters=[rbac, wasm_http_filter(plugin_config)], stats_config=stats,
+                       node_metadata=ISTIO_NODE_METADATA)
+    with Envoy(config, workdir) as envoy:
+        assert envoy.request("GET", "/admin/users")[0] == 403
+        assert envoy.request("GET", "/ok")[0] == 200
+        labels = {**series_labels(http_response_status_code="403"), "http_route": "_OTHER"}
+        expo = wait_until(lambda: (e := envoy.scrape()).value(f"{DURATION}_count", **labels) == 1 and e,
+                          what="histogram flush")
+    expect_series(expo, REQUESTS, labels, 1)
+    expect_series(expo, REQUESTS, series_labels(), 1)
