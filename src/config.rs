@@ -19,10 +19,13 @@ pub struct PluginConfig {
     /// Identity of the contract this was compiled from (exported as `metricpact_contract_info`).
     pub contract: ContractInfo,
     /// Request counter; `None` when the contract disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<MetricSpec>,
     /// Duration histogram; `None` when disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<DurationSpec>,
     /// In-flight gauge; `None` when disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_requests: Option<ActiveSpec>,
     /// Labels of the request counter and duration histogram, in encoding order.
     pub labels: Vec<LabelSpec>,
@@ -58,6 +61,7 @@ pub struct DurationSpec {
     pub unit: DurationUnit,
     /// Bucket upper bounds in `unit`; applied by Envoy's `histogram_bucket_settings`, carried here
     /// so the whole contract travels with the module.
+    #[serde(serialize_with = "whole_numbers")]
     pub buckets: Vec<f64>,
 }
 
@@ -112,6 +116,7 @@ pub struct LabelSpec {
     /// Most distinct values kept; later ones become `_OTHER`.
     pub max_values: u32,
     /// When set, any value outside this list becomes `_OTHER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed: Option<Vec<String>>,
 }
 
@@ -136,7 +141,11 @@ pub enum Source {
     /// Set on failure only: the 5xx code, or a proxy failure class from Envoy's response details.
     ResponseErrorType,
     /// Envoy node metadata (`xds.node.metadata.KEY`, or field `FIELD` of a struct such as `LABELS`).
-    Node { key: String, field: Option<String> },
+    Node {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
     /// A fixed value.
     Constant { value: String },
 }
@@ -192,6 +201,20 @@ pub enum Unmatched {
     Other,
     /// The raw path (query stripped, sanitized, cut, and still subject to `max_values`).
     Raw,
+}
+
+/// Writes whole bucket bounds as integers (`250`, not `250.0`), as people write them.
+fn whole_numbers<S: serde::Serializer>(values: &[f64], serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = serializer.serialize_seq(Some(values.len()))?;
+    for &v in values {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            seq.serialize_element(&(v as i64))?;
+        } else {
+            seq.serialize_element(&v)?;
+        }
+    }
+    seq.end()
 }
 
 /// Methods OTel's HTTP semantic conventions know (RFC 9110 plus PATCH).

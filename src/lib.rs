@@ -14,6 +14,8 @@ pub mod validate;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod contract;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod render;
 
 #[cfg(target_os = "wasi")]
 mod filter;

@@ -40,9 +40,7 @@ pub trait MetricHost {
     fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool;
 }
 
-/// Budget scope of the traffic series (counter + histogram) and of the active gauge's series.
-const SERIES_SCOPE: &str = "series";
-const ACTIVE_SCOPE: &str = "active";
+
 
 /// What the request side offers; each call may be a hostcall, so the engine asks only for what
 /// the contract's labels need.
@@ -164,6 +162,9 @@ pub struct Engine {
     series_overflow_counter: Option<u32>,
     active_overflow_counter: Option<u32>,
     series_overflows: u64,
+    /// Process-wide budget scopes of the traffic series and of the active gauge's series.
+    series_scope: String,
+    active_scope: String,
 }
 
 impl Engine {
@@ -216,7 +217,7 @@ impl Engine {
                 static_id,
                 response_side: spec.sources.iter().any(Source::is_response_side),
                 overflow_counter: None,
-                budget_scope: format!("label.{}", spec.name),
+                budget_scope: format!("{}.label.{}", scope_prefix(config), spec.name),
                 max_values: spec.max_values,
             });
             tables.push(table);
@@ -254,6 +255,8 @@ impl Engine {
             series_overflow_counter: None,
             active_overflow_counter: None,
             series_overflows: 0,
+            series_scope: format!("{}.series", scope_prefix(config)),
+            active_scope: format!("{}.active", scope_prefix(config)),
         })
     }
 
@@ -448,9 +451,9 @@ impl Engine {
     /// Whether a label combination new to this VM fits the sidecar-wide series budget.
     fn admit_series(&self, host: &mut dyn MetricHost, tags: &str, active: bool) -> bool {
         let (local, scope) = if active {
-            (self.active_series.len(), ACTIVE_SCOPE)
+            (self.active_series.len(), &self.active_scope)
         } else {
-            (self.series.len(), SERIES_SCOPE)
+            (self.series.len(), &self.series_scope)
         };
         local < self.max_series && host.admit(scope, tags, self.max_series as u32)
     }
@@ -485,6 +488,12 @@ impl Engine {
         }
         out
     }
+}
+
+/// Budgets are namespaced by the configuration's first metric name: the server and client
+/// filters of one sidecar may share a VM id (and so Envoy's shared data), not their budgets.
+fn scope_prefix(config: &PluginConfig) -> &str {
+    config.metric_names().first().copied().unwrap_or("metricpact")
 }
 
 /// Sanitizes and interns one resolved value (or the label's default), counting overflows.

@@ -44,6 +44,41 @@ enum Command {
         /// Contract file (YAML).
         file: PathBuf,
     },
+    /// Render Istio (EnvoyFilter, WasmPlugin, TrafficExtension, proxy config) and autoscaling
+    /// (KEDA, prometheus-adapter, HPA, recording rules) manifests for a contract.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// Contract file (YAML).
+    #[arg(long)]
+    contract: PathBuf,
+    /// Write one file per object kind into this directory (created if missing) instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Namespace of the workload and the rendered objects (default: the contract's, else
+    /// istio-system, which applies the filter mesh-wide).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Pod label selecting the workload's sidecars, KEY=VALUE; repeatable (default: the contract's).
+    #[arg(long = "selector", value_name = "KEY=VALUE")]
+    selector: Vec<String>,
+    /// Deployment to autoscale (default: the contract's workload.target).
+    #[arg(long)]
+    workload: Option<String>,
+    /// Path of metricpact.wasm inside the sidecar (local-file mode, the default).
+    #[arg(long, default_value = metricpact::render::DEFAULT_WASM_FILE, conflicts_with = "wasm_url")]
+    wasm_file: String,
+    /// Download the module from this https:// or oci:// URL instead (needs --wasm-sha256).
+    #[arg(long, requires = "wasm_sha256")]
+    wasm_url: Option<String>,
+    /// sha256 of the module at --wasm-url (64 hex digits).
+    #[arg(long)]
+    wasm_sha256: Option<String>,
+    /// Prometheus URL for KEDA (default: the contract's autoscaling.prometheus_url).
+    #[arg(long)]
+    prometheus_url: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(out, "{}", to_json(&config, pretty))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Render(args) => render(args, &mut out),
         Command::EnvoyStats { file } => {
             let Some(config) = compiled_or_report(compile_file(&file)) else { return Ok(ExitCode::from(1)) };
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::envoy_stats::stats_config(&config))?)?;
@@ -129,4 +165,66 @@ fn compiled_or_report(compiled: Compiled) -> Option<metricpact::config::PluginCo
         eprintln!("{d}");
     }
     compiled.config
+}
+
+fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use metricpact::contract::deploy::Target;
+    use metricpact::render::{render, to_yaml, Inputs, WasmSource};
+
+    let compiled = compile_file(&args.contract);
+    let deployment = compiled.deployment.clone();
+    let Some(config) = compiled_or_report(compiled) else { return Ok(ExitCode::from(1)) };
+    let wasm = match (args.wasm_url, args.wasm_sha256) {
+        (Some(url), Some(sha256)) => {
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                anyhow::bail!("--wasm-sha256 must be 64 lowercase hex digits (sha256sum metricpact.wasm)");
+            }
+            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("oci://")) {
+                anyhow::bail!("--wasm-url must be an https://, http:// or oci:// URL");
+            }
+            WasmSource::Remote { url, sha256 }
+        }
+        _ => WasmSource::File(args.wasm_file),
+    };
+    let mut selector = deployment.workload.selector.clone();
+    if !args.selector.is_empty() {
+        selector.clear();
+        for pair in &args.selector {
+            let Some((k, v)) = pair.split_once('=') else { anyhow::bail!("--selector takes KEY=VALUE, got `{pair}`") };
+            selector.insert(k.to_string(), v.to_string());
+        }
+    }
+    let target = match args.workload {
+        Some(name) => Some(Target { kind: "Deployment".into(), name }),
+        None => deployment.workload.target.clone(),
+    };
+    let inputs = Inputs {
+        server: &config,
+        deployment: &deployment,
+        namespace: args.namespace.or(deployment.workload.namespace.clone()),
+        selector,
+        target,
+        wasm,
+        prometheus_url: args.prometheus_url,
+    };
+    let files = render(&inputs);
+    match args.out {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for file in &files {
+                let path = dir.join(file.file);
+                std::fs::write(&path, to_yaml(file).map_err(anyhow::Error::msg)?)?;
+                eprintln!("metricpact: wrote {}", path.display());
+            }
+        }
+        None => {
+            for (i, file) in files.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out, "---")?;
+                }
+                write!(out, "{}", to_yaml(file).map_err(anyhow::Error::msg)?)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

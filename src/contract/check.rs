@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::deploy::Deployment;
 use super::load::{Diagnostic, Severity, Source as File};
 use super::model::{self, Contract, DurationUnitDef, LabelDef, UnmatchedDef};
 use crate::config::{
@@ -96,13 +97,21 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
     ))
 }
 
-/// Checks a parsed contract; returns the configuration it compiles to and every finding.
-pub fn check(file: &File, contract: &Contract) -> (PluginConfig, Vec<Diagnostic>) {
+/// Checks a parsed contract; returns the configuration it compiles to, its deployment side and
+/// every finding.
+pub fn check(file: &File, contract: &Contract) -> (PluginConfig, Deployment, Vec<Diagnostic>) {
     let mut checker = Checker { file, diags: Vec::new() };
     let config = checker.contract(contract);
+    let deployment = super::deploy::lower(contract, &config, &mut checker);
     let mut diags = checker.diags;
     diags.sort_by_key(|d| (d.line, d.column));
-    (config, diags)
+    (config, deployment, diags)
+}
+
+impl super::deploy::Report for Checker<'_> {
+    fn error(&mut self, at: &Location, message: String) {
+        Checker::error(self, at, message);
+    }
 }
 
 struct Checker<'a> {

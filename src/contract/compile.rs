@@ -5,6 +5,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::check::check;
+use super::deploy::Deployment;
 use super::load::{Diagnostic, Severity, Source};
 use crate::config::PluginConfig;
 
@@ -12,6 +13,8 @@ use crate::config::PluginConfig;
 pub struct Compiled {
     /// Present when no error was found.
     pub config: Option<PluginConfig>,
+    /// The deployment side (client metrics, workload, autoscaling); meaningful with `config`.
+    pub deployment: Deployment,
     /// Every finding, errors and warnings, in file order.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -20,7 +23,7 @@ pub struct Compiled {
 pub fn compile_file(path: &Path) -> Compiled {
     let source = match Source::read(path) {
         Ok(s) => s,
-        Err(d) => return Compiled { config: None, diagnostics: vec![d] },
+        Err(d) => return Compiled { config: None, deployment: Deployment::default(), diagnostics: vec![d] },
     };
     compile_source(&source)
 }
@@ -28,12 +31,15 @@ pub fn compile_file(path: &Path) -> Compiled {
 pub fn compile_source(source: &Source) -> Compiled {
     let contract = match source.parse() {
         Ok(c) => c,
-        Err(d) => return Compiled { config: None, diagnostics: vec![d] },
+        Err(d) => return Compiled { config: None, deployment: Deployment::default(), diagnostics: vec![d] },
     };
-    let (mut config, diagnostics) = check(source, &contract);
+    let (mut config, mut deployment, diagnostics) = check(source, &contract);
     let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
     config.contract.hash = contract_hash(&config);
-    Compiled { config: (!failed).then_some(config), diagnostics }
+    if let Some(client) = &mut deployment.client {
+        client.contract.hash = config.contract.hash.clone();
+    }
+    Compiled { config: (!failed).then_some(config), deployment, diagnostics }
 }
 
 /// First 12 hex digits of the sha256 of the configuration with an empty hash: identifies what

@@ -3,5 +3,6 @@
 
 pub mod check;
 pub mod compile;
+pub mod deploy;
 pub mod load;
 pub mod model;

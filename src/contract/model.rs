@@ -36,6 +36,132 @@ pub struct Contract {
     /// Cardinality budgets.
     #[serde(default)]
     pub cardinality: Cardinality,
+    /// Client-side metrics for the sidecar's outbound traffic (off by default).
+    #[serde(default)]
+    pub client_metrics: Option<Spanned<ClientMetricsDef>>,
+    /// The workload the rendered Istio and autoscaling objects target; `render` flags override it.
+    /// Without it, Istio objects apply mesh-wide and no autoscaler is rendered.
+    #[serde(default)]
+    pub workload: Option<Spanned<WorkloadDef>>,
+    /// Autoscaling targets for the rendered KEDA ScaledObject and HPA.
+    #[serde(default)]
+    pub autoscaling: Option<Spanned<AutoscalingDef>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientMetricsDef {
+    /// Set to `true` to measure outbound requests too (rendered as a SIDECAR_OUTBOUND / CLIENT filter).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Client request counter. Default `http_client_requests_total`.
+    #[serde(default)]
+    pub requests: Option<Spanned<String>>,
+    /// Client duration histogram. Default `http_client_request_duration_<unit>`.
+    #[serde(default)]
+    pub duration: Option<Spanned<String>>,
+    /// Client in-flight gauge. Default `http_client_active_requests`.
+    #[serde(default)]
+    pub active_requests: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadDef {
+    /// Namespace of the workload (and of the rendered objects).
+    #[serde(default)]
+    pub namespace: Option<Spanned<String>>,
+    /// Pod labels selecting the workload's sidecars, e.g. `{app: cart}`.
+    #[serde(default)]
+    pub selector: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// The scaled object: a Deployment (default) or StatefulSet name.
+    #[serde(default)]
+    pub target: Option<Spanned<TargetDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDef {
+    /// `Deployment` (default) or `StatefulSet`.
+    #[serde(default)]
+    pub kind: Option<Spanned<String>>,
+    /// Name of the Deployment / StatefulSet.
+    pub name: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalingDef {
+    /// Fewest replicas. Default 1.
+    #[serde(default)]
+    pub min_replicas: Option<Spanned<u32>>,
+    /// Most replicas. Default 10.
+    #[serde(default)]
+    pub max_replicas: Option<Spanned<u32>>,
+    /// Target requests per second per pod (scale out above it).
+    #[serde(default)]
+    pub qps_per_pod: Option<Spanned<f64>>,
+    /// Target p95 request duration in milliseconds (scale out above it).
+    #[serde(default)]
+    pub p95_latency_ms: Option<Spanned<f64>>,
+    /// `rate()` window of the QPS queries. Default `1m`.
+    #[serde(default)]
+    pub rate_window: Option<Spanned<String>>,
+    /// `rate()` window of the latency queries. Default `2m`.
+    #[serde(default)]
+    pub latency_window: Option<Spanned<String>>,
+    /// Prometheus URL KEDA queries. Default `http://prometheus.istio-system.svc:9090`.
+    #[serde(default)]
+    pub prometheus_url: Option<Spanned<String>>,
+    /// HPA `behavior`: how fast to scale up and down.
+    #[serde(default)]
+    pub behavior: Option<BehaviorDef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BehaviorDef {
+    #[serde(default)]
+    pub scale_up: Option<Spanned<ScalingRulesDef>>,
+    #[serde(default)]
+    pub scale_down: Option<Spanned<ScalingRulesDef>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingRulesDef {
+    /// Seconds of past recommendations considered (0-3600).
+    #[serde(default)]
+    pub stabilization_window_seconds: Option<Spanned<u32>>,
+    /// `Max`, `Min` or `Disabled`.
+    #[serde(default)]
+    pub select_policy: Option<Spanned<SelectPolicyDef>>,
+    /// At most this much change per period.
+    #[serde(default)]
+    pub policies: Option<Vec<Spanned<PolicyDef>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SelectPolicyDef {
+    Max,
+    Min,
+    Disabled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDef {
+    /// `Pods` or `Percent`.
+    #[serde(rename = "type")]
+    pub kind: PolicyKindDef,
+    pub value: u32,
+    pub period_seconds: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PolicyKindDef {
+    Pods,
+    Percent,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,7 +8,9 @@
 //   GET /healthz            liveness, no delay
 // Anything else answers 404.
 //
-// Usage: node node_app.js --port N      (binds 127.0.0.1 only)
+// Usage: node node_app.js --port N [--delay-ms MS]     (binds 127.0.0.1 only)
+//   --delay-ms MS   every /products request takes exactly MS ms instead of 100-300 ms
+//                   (tests use it to put a known latency into a known histogram bucket)
 "use strict";
 
 const http = require("http");
@@ -26,6 +28,19 @@ function parsePort(argv) {
   return port;
 }
 
+function parseDelay(argv) {
+  const i = argv.indexOf("--delay-ms");
+  if (i < 0) return null;
+  const delay = Number.parseFloat(argv[i + 1]);
+  if (!Number.isFinite(delay) || delay < 0) {
+    console.error("--delay-ms needs a non-negative number of milliseconds");
+    process.exit(2);
+  }
+  return delay;
+}
+
+const FIXED_DELAY_MS = parseDelay(process.argv.slice(2));
+
 function reply(res, status, payload) {
   const body = JSON.stringify(payload) + "\n";
   res.writeHead(status, {
@@ -36,7 +51,7 @@ function reply(res, status, payload) {
 }
 
 function later(fn) {
-  setTimeout(fn, 100 + Math.random() * 200);
+  setTimeout(fn, FIXED_DELAY_MS === null ? 100 + Math.random() * 200 : FIXED_DELAY_MS);
 }
 
 function product(id) {

@@ -6,7 +6,9 @@ Routes (JSON responses, each after a realistic random latency: 20-80 ms, ~8% of 
     GET  /healthz            liveness, no delay
 Anything else answers 404.
 
-Usage: python_app.py --port N      (binds 127.0.0.1 only)
+Usage: python_app.py --port N [--delay-ms MS]     (binds 127.0.0.1 only)
+    --delay-ms MS   every /cart request takes exactly MS ms instead of the random latency above
+                    (tests use it to put a known latency into a known histogram bucket)
 """
 
 import argparse
@@ -21,9 +23,14 @@ CART = re.compile(r"^/cart/([A-Za-z0-9-]+)$")
 CART_ITEMS = re.compile(r"^/cart/([A-Za-z0-9-]+)/items$")
 
 
+FIXED_DELAY_MS = None  # set by --delay-ms
+
+
 def think():
     """Sleeps like a service that talks to a database: mostly fast, sometimes slow."""
-    if random.random() < 0.08:
+    if FIXED_DELAY_MS is not None:
+        time.sleep(FIXED_DELAY_MS / 1000)
+    elif random.random() < 0.08:
         time.sleep(random.uniform(0.120, 0.250))
     else:
         time.sleep(random.uniform(0.020, 0.080))
@@ -81,7 +88,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", nargs="?", type=int)
     parser.add_argument("--port", dest="port_opt", type=int)
+    parser.add_argument("--delay-ms", type=float, default=None,
+                        help="fixed latency of every /cart request, instead of the random one")
     args = parser.parse_args(argv)
+    global FIXED_DELAY_MS
+    FIXED_DELAY_MS = args.delay_ms
     port = args.port_opt or args.port
     if not port:
         parser.error("a port is required (--port N)")

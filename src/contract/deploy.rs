@@ -1,0 +1,312 @@
+//! The deployment side of a contract, lowered and checked: client-side metric names, the target
+//! workload, and autoscaling targets. `render` turns it into Istio and autoscaler manifests.
+
+use std::collections::BTreeMap;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::model::{AutoscalingDef, Contract, PolicyKindDef, ScalingRulesDef, SelectPolicyDef};
+use crate::config::{DurationSpec, MetricSpec, PluginConfig};
+use crate::names;
+
+pub const DEFAULT_PROMETHEUS_URL: &str = "http://prometheus.istio-system.svc:9090";
+pub const DEFAULT_RATE_WINDOW: &str = "1m";
+pub const DEFAULT_LATENCY_WINDOW: &str = "2m";
+
+/// Everything `render` needs beyond the server-side plugin configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deployment {
+    /// Plugin configuration for outbound traffic, when client metrics are enabled.
+    pub client: Option<PluginConfig>,
+    pub workload: Workload,
+    pub autoscaling: Option<Autoscaling>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Workload {
+    pub namespace: Option<String>,
+    pub selector: BTreeMap<String, String>,
+    pub target: Option<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autoscaling {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub qps_per_pod: Option<f64>,
+    pub p95_latency_ms: Option<f64>,
+    pub rate_window: String,
+    pub latency_window: String,
+    pub prometheus_url: String,
+    pub scale_up: ScalingRules,
+    pub scale_down: ScalingRules,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingRules {
+    pub stabilization_window_seconds: u32,
+    pub select_policy: &'static str,
+    /// (`Pods` | `Percent`, value, periodSeconds)
+    pub policies: Vec<(&'static str, u32, u32)>,
+}
+
+impl ScalingRules {
+    fn default_up() -> ScalingRules {
+        ScalingRules { stabilization_window_seconds: 0, select_policy: "Max", policies: vec![("Percent", 100, 15), ("Pods", 4, 15)] }
+    }
+    fn default_down() -> ScalingRules {
+        ScalingRules { stabilization_window_seconds: 300, select_policy: "Max", policies: vec![("Percent", 50, 60)] }
+    }
+}
+
+/// Reports a problem at a position.
+pub trait Report {
+    fn error(&mut self, at: &Location, message: String);
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+fn is_label_key(s: &str) -> bool {
+    let name = match s.rsplit_once('/') {
+        Some((prefix, name)) => {
+            if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(is_dns_label) {
+                return false;
+            }
+            name
+        }
+        None => s,
+    };
+    !name.is_empty() && is_label_value(name)
+}
+
+/// A Prometheus duration as rate windows use it: `30s`, `1m`, `2h`.
+pub fn is_prometheus_window(s: &str) -> bool {
+    let digits = s.trim_end_matches(['s', 'm', 'h']);
+    s.len() - digits.len() == 1 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && digits != "0"
+}
+
+pub fn lower(contract: &Contract, server: &PluginConfig, report: &mut dyn Report) -> Deployment {
+    Deployment {
+        client: client_config(contract, server, report),
+        workload: workload(contract, report),
+        autoscaling: contract.autoscaling.as_ref().and_then(|a| autoscaling(a, server, report)),
+    }
+}
+
+fn client_config(contract: &Contract, server: &PluginConfig, report: &mut dyn Report) -> Option<PluginConfig> {
+    let def = &contract.client_metrics.as_ref()?.value;
+    if !def.enabled {
+        return None;
+    }
+    let mut taken: Vec<String> = server.metric_names().into_iter().map(str::to_string).collect();
+    let mut name = |given: &Option<Spanned<String>>, default: String, check: &dyn Fn(&str) -> Option<String>| {
+        let (value, at) = match given {
+            Some(n) => (n.value.clone(), Some(n.referenced)),
+            None => (default, None),
+        };
+        if let Some(at) = at {
+            let problem = if !names::is_valid_metric_name(&value) {
+                Some(format!("`{value}` is not a valid Prometheus metric name"))
+            } else if taken.contains(&value) {
+                Some(format!("metric name `{value}` is already used"))
+            } else {
+                check(&value)
+            };
+            if let Some(p) = problem {
+                report.error(&at, p);
+            }
+        }
+        taken.push(value.clone());
+        value
+    };
+    let mut client = server.clone();
+    client.requests = server.requests.as_ref().map(|_| MetricSpec {
+        name: name(&def.requests, "http_client_requests_total".into(), &|n| {
+            (!n.ends_with("_total")).then(|| format!("counter `{n}` must end in `_total`"))
+        }),
+    });
+    client.duration = server.duration.as_ref().map(|d| DurationSpec {
+        name: name(&def.duration, format!("http_client_request_duration_{}", d.unit.word()), &|n| {
+            (!names::ends_with_unit(n, d.unit.word())).then(|| format!("histogram `{n}` must end in `_{}`", d.unit.word()))
+        }),
+        ..d.clone()
+    });
+    client.active_requests = server.active_requests.as_ref().map(|a| crate::config::ActiveSpec {
+        name: name(&def.active_requests, "http_client_active_requests".into(), &|n| {
+            n.ends_with("_total").then(|| format!("gauge `{n}` must not end in `_total`"))
+        }),
+        labels: a.labels.clone(),
+    });
+    Some(client)
+}
+
+fn workload(contract: &Contract, report: &mut dyn Report) -> Workload {
+    let Some(def) = contract.workload.as_ref().map(|w| &w.value) else {
+        return Workload::default();
+    };
+    if let Some(ns) = &def.namespace {
+        if !is_dns_label(&ns.value) {
+            report.error(&ns.referenced, format!("`{}` is not a valid Kubernetes namespace name", ns.value));
+        }
+    }
+    if let Some(selector) = &def.selector {
+        for (k, v) in &selector.value {
+            if !is_label_key(k) || !is_label_value(v) {
+                report.error(&selector.referenced, format!("`{k}: {v}` is not a valid Kubernetes label selector entry"));
+            }
+        }
+    }
+    let target = def.target.as_ref().map(|t| {
+        let kind = t.value.kind.as_ref().map_or("Deployment".to_string(), |k| k.value.clone());
+        if let Some(k) = &t.value.kind {
+            if !["Deployment", "StatefulSet"].contains(&k.value.as_str()) {
+                report.error(&k.referenced, format!("target kind `{}` is not supported; use Deployment or StatefulSet", k.value));
+            }
+        }
+        if !is_dns_label(&t.value.name.value) {
+            report.error(&t.value.name.referenced, format!("`{}` is not a valid workload name", t.value.name.value));
+        }
+        Target { kind, name: t.value.name.value.clone() }
+    });
+    Workload {
+        namespace: def.namespace.as_ref().map(|n| n.value.clone()),
+        selector: def.selector.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
+        target,
+    }
+}
+
+fn autoscaling(def: &Spanned<AutoscalingDef>, server: &PluginConfig, report: &mut dyn Report) -> Option<Autoscaling> {
+    let at = def.referenced;
+    let def = &def.value;
+    let min = def.min_replicas.as_ref().map_or(1, |m| m.value);
+    let max = def.max_replicas.as_ref().map_or(10, |m| m.value);
+    if let Some(m) = &def.min_replicas {
+        if m.value == 0 {
+            report.error(&m.referenced, "min_replicas must be at least 1 (the HPA cannot scale to zero)".into());
+        }
+    }
+    if min > max {
+        let where_ = def.max_replicas.as_ref().map_or(at, |m| m.referenced);
+        report.error(&where_, format!("max_replicas ({max}) is below min_replicas ({min})"));
+    }
+    let positive = |v: &Option<Spanned<f64>>, report: &mut dyn Report, what: &str| {
+        v.as_ref().map(|v| {
+            if !(v.value.is_finite() && v.value > 0.0) {
+                report.error(&v.referenced, format!("{what} must be a positive number"));
+            }
+            v.value
+        })
+    };
+    let qps = positive(&def.qps_per_pod, report, "qps_per_pod");
+    let p95 = positive(&def.p95_latency_ms, report, "p95_latency_ms");
+    if qps.is_none() && p95.is_none() {
+        report.error(&at, "autoscaling needs a target: qps_per_pod, p95_latency_ms or both".into());
+    }
+    if let (Some(_), None) = (&def.qps_per_pod, &server.requests) {
+        report.error(&def.qps_per_pod.as_ref().map_or(at, |v| v.referenced), "qps_per_pod needs the request counter, which is disabled".into());
+    }
+    if let (Some(v), None) = (&def.p95_latency_ms, &server.duration) {
+        report.error(&v.referenced, "p95_latency_ms needs the duration histogram, which is disabled".into());
+    }
+    let window = |w: &Option<Spanned<String>>, default: &str, report: &mut dyn Report| {
+        w.as_ref().map_or(default.to_string(), |w| {
+            if !is_prometheus_window(&w.value) {
+                report.error(&w.referenced, format!("`{}` is not a Prometheus duration such as 30s, 1m or 2h", w.value));
+            }
+            w.value.clone()
+        })
+    };
+    let rate_window = window(&def.rate_window, DEFAULT_RATE_WINDOW, report);
+    let latency_window = window(&def.latency_window, DEFAULT_LATENCY_WINDOW, report);
+    let prometheus_url = def.prometheus_url.as_ref().map_or(DEFAULT_PROMETHEUS_URL.to_string(), |u| {
+        if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+            report.error(&u.referenced, format!("`{}` is not an http(s) URL", u.value));
+        }
+        u.value.clone()
+    });
+    let behavior = def.behavior.as_ref();
+    let rules = |r: Option<&Spanned<ScalingRulesDef>>, default: ScalingRules, report: &mut dyn Report| {
+        let Some(r) = r else { return default };
+        let mut out = default;
+        if let Some(w) = &r.value.stabilization_window_seconds {
+            if w.value > 3600 {
+                report.error(&w.referenced, "stabilization_window_seconds must be at most 3600".into());
+            }
+            out.stabilization_window_seconds = w.value;
+        }
+        if let Some(p) = &r.value.select_policy {
+            out.select_policy = match p.value {
+                SelectPolicyDef::Max => "Max",
+                SelectPolicyDef::Min => "Min",
+                SelectPolicyDef::Disabled => "Disabled",
+            };
+        }
+        if let Some(policies) = &r.value.policies {
+            out.policies = Vec::new();
+            for p in policies {
+                if p.value.value == 0 {
+                    report.error(&p.referenced, "policy value must be at least 1".into());
+                }
+                if p.value.period_seconds == 0 || p.value.period_seconds > 1800 {
+                    report.error(&p.referenced, "period_seconds must be between 1 and 1800".into());
+                }
+                let kind = match p.value.kind {
+                    PolicyKindDef::Pods => "Pods",
+                    PolicyKindDef::Percent => "Percent",
+                };
+                out.policies.push((kind, p.value.value, p.value.period_seconds));
+            }
+            if out.policies.is_empty() && out.select_policy != "Disabled" {
+                report.error(&r.referenced, "policies is empty; list at least one, or set select_policy: Disabled".into());
+            }
+        }
+        out
+    };
+    let scale_up = rules(behavior.and_then(|b| b.scale_up.as_ref()), ScalingRules::default_up(), report);
+    let scale_down = rules(behavior.and_then(|b| b.scale_down.as_ref()), ScalingRules::default_down(), report);
+    Some(Autoscaling {
+        min_replicas: min,
+        max_replicas: max,
+        qps_per_pod: qps,
+        p95_latency_ms: p95,
+        rate_window,
+        latency_window,
+        prometheus_url,
+        scale_up,
+        scale_down,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_label_syntax() {
+        assert!(is_prometheus_window("30s") && is_prometheus_window("2m") && is_prometheus_window("1h"));
+        assert!(!is_prometheus_window("0m") && !is_prometheus_window("1d") && !is_prometheus_window("m"));
+        assert!(is_label_key("app.kubernetes.io/name") && is_label_key("app"));
+        assert!(!is_label_key("-app") && !is_label_key("/app"));
+        assert!(is_dns_label("shop") && !is_dns_label("Shop"));
+    }
+}

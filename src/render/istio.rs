@@ -1,0 +1,270 @@
+//! Istio objects: the Wasm filter as EnvoyFilter / WasmPlugin / TrafficExtension, and the proxy
+//! configuration (`extraStatTags`, histogram buckets) without which Istio flattens every label
+//! combination into its own metric name.
+
+use serde_json::{json, Value};
+
+use super::{plugin_config_object, plugin_config_string, Inputs, Rendered, WasmSource, DEFAULT_WASM_DIR};
+use crate::config::PluginConfig;
+use crate::envoy_stats::WASM_CUSTOM_PREFIX;
+
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER: &str = "envoy.filters.http.router";
+/// Name of the ConfigMap holding the module in local-file mode.
+pub const WASM_CONFIGMAP: &str = "metricpact-wasm";
+
+/// The sides a contract measures: (filter name, Istio context / match mode, plugin config).
+fn sides<'a>(inputs: &'a Inputs) -> Vec<(&'static str, &'static str, &'static str, &'a PluginConfig)> {
+    let mut sides = vec![("metricpact", "SIDECAR_INBOUND", "SERVER", inputs.server)];
+    if let Some(client) = &inputs.deployment.client {
+        sides.push(("metricpact-client", "SIDECAR_OUTBOUND", "CLIENT", client));
+    }
+    sides
+}
+
+/// The Envoy Wasm filter config (the `config` of `envoy.extensions.filters.http.wasm.v3.Wasm`).
+fn wasm_config(name: &str, config: &PluginConfig, code: Value) -> Value {
+    json!({
+        "name": name,
+        "root_id": name,
+        "failure_policy": "FAIL_OPEN",
+        "configuration": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": plugin_config_string(config),
+        },
+        "vm_config": {
+            "vm_id": "metricpact",
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": code,
+        },
+    })
+}
+
+fn listener_match(context: &str) -> Value {
+    json!({
+        "context": context,
+        "listener": {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ROUTER}}}},
+    })
+}
+
+pub fn envoy_filter(inputs: &Inputs) -> Rendered {
+    let mut patches = Vec::new();
+    for (name, context, _, config) in sides(inputs) {
+        match &inputs.wasm {
+            WasmSource::File(path) => patches.push(json!({
+                "applyTo": "HTTP_FILTER",
+                "match": listener_match(context),
+                "patch": {
+                    "operation": "INSERT_BEFORE",
+                    "value": {
+                        "name": name,
+                        "typed_config": {
+                            "@type": WASM_TYPE,
+                            "config": wasm_config(name, config, json!({"local": {"filename": path}})),
+                        },
+                    },
+                },
+            })),
+            WasmSource::Remote { url, sha256 } => {
+                // Remote modules go through ECDS so istio-agent downloads and verifies them.
+                patches.push(json!({
+                    "applyTo": "EXTENSION_CONFIG",
+                    "patch": {
+                        "operation": "ADD",
+                        "value": {
+                            "name": name,
+                            "typed_config": {
+                                "@type": WASM_TYPE,
+                                "config": wasm_config(name, config, json!({"remote": {
+                                    "http_uri": {"uri": url, "cluster": "_", "timeout": "30s"},
+                                    "sha256": sha256,
+                                }})),
+                            },
+                        },
+                    },
+                }));
+                patches.push(json!({
+                    "applyTo": "HTTP_FILTER",
+                    "match": listener_match(context),
+                    "patch": {
+                        "operation": "INSERT_BEFORE",
+                        "value": {
+                            "name": name,
+                            "config_discovery": {
+                                "config_source": {"ads": {}, "initial_fetch_timeout": "0s"},
+                                "type_urls": [WASM_TYPE],
+                            },
+                        },
+                    },
+                }));
+            }
+        }
+    }
+    let mut spec = json!({"configPatches": patches});
+    if !inputs.selector.is_empty() {
+        spec["workloadSelector"] = json!({"labels": inputs.selector});
+    }
+    Rendered {
+        file: "envoyfilter.yaml",
+        comment: format!(
+            "EnvoyFilter: metricpact before the router on {} sidecar traffic.\nkubectl apply -f envoyfilter.yaml  (plus pod-annotations.yaml or mesh-config.yaml for labels and buckets)",
+            if inputs.deployment.client.is_some() { "inbound and outbound" } else { "inbound" }
+        ),
+        documents: vec![json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": inputs.metadata(&inputs.object_name()),
+            "spec": spec,
+        })],
+    }
+}
+
+/// `url` (and `sha256`) of WasmPlugin / TrafficExtension.
+fn module_reference(wasm: &WasmSource) -> Value {
+    match wasm {
+        WasmSource::File(path) => json!({"url": format!("file://{path}")}),
+        WasmSource::Remote { url, sha256 } => json!({"url": url, "sha256": sha256}),
+    }
+}
+
+fn extension_fields(config: &PluginConfig, wasm: &WasmSource, name: &str) -> Value {
+    let mut fields = module_reference(wasm);
+    fields["imagePullPolicy"] = json!("IfNotPresent");
+    fields["failStrategy"] = json!("FAIL_OPEN");
+    fields["pluginName"] = json!(name);
+    fields["pluginConfig"] = plugin_config_object(config);
+    fields["type"] = json!("HTTP");
+    fields
+}
+
+pub fn wasm_plugin(inputs: &Inputs) -> Rendered {
+    let documents = sides(inputs)
+        .into_iter()
+        .map(|(name, _, mode, config)| {
+            let mut spec = extension_fields(config, &inputs.wasm, name);
+            spec["phase"] = json!("STATS");
+            spec["match"] = json!([{"mode": mode}]);
+            if !inputs.selector.is_empty() {
+                spec["selector"] = json!({"matchLabels": inputs.selector});
+            }
+            json!({
+                "apiVersion": "extensions.istio.io/v1alpha1",
+                "kind": "WasmPlugin",
+                "metadata": inputs.metadata(&object_name(inputs, mode)),
+                "spec": spec,
+            })
+        })
+        .collect();
+    Rendered {
+        file: "wasmplugin.yaml",
+        comment: "WasmPlugin (Istio <= 1.29): the same filter, delivered by istiod over ECDS.\nkubectl apply -f wasmplugin.yaml  (instead of envoyfilter.yaml, not with it)".into(),
+        documents,
+    }
+}
+
+pub fn traffic_extension(inputs: &Inputs) -> Rendered {
+    let documents = sides(inputs)
+        .into_iter()
+        .map(|(name, _, mode, config)| {
+            let mut spec = json!({
+                "phase": "STATS",
+                "match": [{"mode": mode}],
+                "wasm": extension_fields(config, &inputs.wasm, name),
+            });
+            if !inputs.selector.is_empty() {
+                spec["selector"] = json!({"matchLabels": inputs.selector});
+            }
+            json!({
+                "apiVersion": "extensions.istio.io/v1alpha1",
+                "kind": "TrafficExtension",
+                "metadata": inputs.metadata(&object_name(inputs, mode)),
+                "spec": spec,
+            })
+        })
+        .collect();
+    Rendered {
+        file: "trafficextension.yaml",
+        comment: "TrafficExtension (Istio >= 1.30, supersedes WasmPlugin).\nkubectl apply -f trafficextension.yaml  (instead of envoyfilter.yaml or wasmplugin.yaml)".into(),
+        documents,
+    }
+}
+
+fn object_name(inputs: &Inputs, mode: &str) -> String {
+    if mode == "CLIENT" {
+        format!("{}-client", inputs.object_name())
+    } else {
+        inputs.object_name()
+    }
+}
+
+/// Every tag the sidecar must extract: the contract's labels and metricpact's self-metric labels.
+pub fn extra_stat_tags(inputs: &Inputs) -> Vec<String> {
+    inputs.server.tag_names().into_iter().map(str::to_string).collect()
+}
+
+/// `sidecar.istio.io/statsHistogramBuckets`: bucket bounds per duration histogram, keyed by the
+/// stat-name prefix Envoy matches before tag extraction.
+pub fn histogram_buckets_annotation(inputs: &Inputs) -> String {
+    let mut map = serde_json::Map::new();
+    for (_, _, _, config) in sides(inputs) {
+        if let Some(d) = &config.duration {
+            let bounds: Vec<Value> = d.buckets.iter().map(|b| number(*b)).collect();
+            map.insert(format!("{WASM_CUSTOM_PREFIX}{}.", d.name), Value::Array(bounds));
+        }
+    }
+    Value::Object(map).to_string()
+}
+
+/// Whole numbers print without a fraction (`250`, not `250.0`).
+fn number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        json!(value as i64)
+    } else {
+        json!(value)
+    }
+}
+
+/// The `proxy.istio.io/config` annotation value (a ProxyConfig YAML document).
+pub fn proxy_config_yaml(inputs: &Inputs) -> String {
+    let mut out = String::from("extraStatTags:\n");
+    for tag in extra_stat_tags(inputs) {
+        out.push_str("- ");
+        out.push_str(&tag);
+        out.push('\n');
+    }
+    out
+}
+
+pub fn pod_annotations(inputs: &Inputs) -> Rendered {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("proxy.istio.io/config".into(), json!(proxy_config_yaml(inputs)));
+    annotations.insert("sidecar.istio.io/statsHistogramBuckets".into(), json!(histogram_buckets_annotation(inputs)));
+    if let WasmSource::File(_) = &inputs.wasm {
+        annotations.insert(
+            "sidecar.istio.io/userVolume".into(),
+            json!(json!({"metricpact-wasm": {"configMap": {"name": WASM_CONFIGMAP}}}).to_string()),
+        );
+        annotations.insert(
+            "sidecar.istio.io/userVolumeMount".into(),
+            json!(json!({"metricpact-wasm": {"mountPath": DEFAULT_WASM_DIR, "readOnly": true}}).to_string()),
+        );
+    }
+    let target = inputs.target.as_ref().map_or("<deployment>".to_string(), |t| t.name.clone());
+    Rendered {
+        file: "pod-annotations.yaml",
+        comment: format!(
+            "Pod-template annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram. They are read at sidecar start: apply, then let the pods restart.\nkubectl -n {} patch deployment {target} --patch-file pod-annotations.yaml",
+            inputs.namespace()
+        ),
+        documents: vec![json!({"spec": {"template": {"metadata": {"annotations": annotations}}}})],
+    }
+}
+
+pub fn mesh_config(inputs: &Inputs) -> Rendered {
+    Rendered {
+        file: "mesh-config.yaml",
+        comment: "Mesh-wide alternative to the extraStatTags annotation: istiod Helm values (or the\nspec of an IstioOperator). Histogram buckets have no mesh-wide ProxyConfig field: keep the\nsidecar.istio.io/statsHistogramBuckets annotation from pod-annotations.yaml.\nhelm upgrade istiod istio/istiod -n istio-system --reuse-values -f mesh-config.yaml".into(),
+        documents: vec![json!({"meshConfig": {"defaultConfig": {"extraStatTags": extra_stat_tags(inputs)}}})],
+    }
+}
