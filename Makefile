@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter bench clean
 
 all: build
 
@@ -46,6 +46,18 @@ test-envoy: build
 ## demo: two apps (Python, Node) behind two Envoy "pods" with the filter, Prometheus, load, per-pod QPS and p95
 demo: build
 	$(PYTHON) tests/demo/demo.py
+
+## envoyfilter: re-render the checked-in manifests (a test fails when they drift from `render`)
+EXAMPLE_WASM_URL    := oci://registry.example.com/metricpact/metricpact:0.1.0
+EXAMPLE_WASM_SHA256 := 0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0
+envoyfilter: cli
+	$(CLI) render --contract contracts/http-server.yaml --out envoyfilter
+	$(CLI) render --contract contracts/rest-api.yaml --out envoyfilter/examples/orders-api \
+	  --wasm-url $(EXAMPLE_WASM_URL) --wasm-sha256 $(EXAMPLE_WASM_SHA256)
+
+## bench: Envoy CPU per request with and without metricpact, side by side
+bench: build
+	$(PYTHON) tests/bench/cpu_per_request.py --rounds 5 --seconds 5
 
 clean:
 	$(CARGO) clean
