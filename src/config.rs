@@ -37,6 +37,112 @@ pub struct PluginConfig {
     pub max_series: u32,
     /// Longest label value kept (bytes, after sanitizing); longer values are cut.
     pub max_value_length: u32,
+    /// How the app's own metrics exposition is rewritten when scraped through the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposition: Option<ExpositionSpec>,
+}
+
+/// The app-exposition rewrite. Operations apply in this order: keep/drop metrics, drop series
+/// (both on the app's original names), rename metrics, rename labels, map values, drop labels
+/// (aggregating counters and histograms), inject labels; then required metrics are checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpositionSpec {
+    /// Request paths (exact, query ignored) whose GET responses are metric scrapes.
+    pub paths: Vec<String>,
+    /// Bodies larger than this pass through unchanged.
+    pub max_body_bytes: u32,
+    /// When set, only metrics matching one of these regexes (whole name) are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_metrics: Option<Vec<String>>,
+    /// Metrics matching one of these regexes (whole name) are dropped.
+    #[serde(default)]
+    pub drop_metrics: Vec<String>,
+    /// Series whose label matches a regex are dropped.
+    #[serde(default)]
+    pub drop_series: Vec<SeriesDrop>,
+    #[serde(default)]
+    pub rename_metrics: Vec<MetricRename>,
+    #[serde(default)]
+    pub rename_labels: Vec<LabelRename>,
+    #[serde(default)]
+    pub map_values: Vec<ValueMap>,
+    #[serde(default)]
+    pub drop_labels: Vec<LabelDrop>,
+    #[serde(default)]
+    pub inject_labels: Vec<Injection>,
+    /// Metrics (final names) that must be present; each missing one is counted per scrape.
+    #[serde(default)]
+    pub require_metrics: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesDrop {
+    pub label: String,
+    /// Whole-value regex.
+    pub regex: String,
+}
+
+/// Renames a metric family (names as the app writes them: counters with `_total`, histograms
+/// and summaries by their base name); its suffixes, HELP, TYPE and UNIT follow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricRename {
+    #[serde(rename = "match")]
+    pub matcher: NameMatch,
+    /// New name; with a regex match, `$1` / `${name}` insert captures.
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum NameMatch {
+    Exact(String),
+    /// Whole-name regex.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRename {
+    pub from: String,
+    pub to: String,
+}
+
+/// Rewrites one label's values: a lookup table, or a whole-value regex with a replacement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMap {
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelDrop {
+    pub label: String,
+    /// Only on metrics (final names) matching one of these whole-name regexes; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Injection {
+    pub name: String,
+    /// A node metadata or constant source.
+    pub source: Source,
+    /// Value when the source has none (`""`: do not inject).
+    #[serde(default)]
+    pub default: String,
+    /// When the series already has this label: replace it (`true`) or keep the app's value.
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

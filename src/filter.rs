@@ -10,11 +10,45 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::PluginConfig;
-use crate::telemetry::{Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
+use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
+use crate::telemetry::{encode_tags, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
+
+/// Raw hostcalls for changing a response: the SDK's wrappers panic on a status they do not
+/// expect, and a panic would take the whole VM down; here a refusal just leaves things as they are.
+mod raw {
+    #[allow(clashing_extern_declarations)]
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
+        fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, value: *const u8, value_size: usize) -> u32;
+        fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
+    }
+
+    const RESPONSE_HEADERS: u32 = 2;
+    const REQUEST_HEADERS: u32 = 0;
+    const RESPONSE_BODY: u32 = 1;
+    const OK: u32 = 0;
+
+    pub fn set_response_header(name: &str, value: &str) -> bool {
+        unsafe { proxy_replace_header_map_value(RESPONSE_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    }
+
+    pub fn remove_response_header(name: &str) -> bool {
+        unsafe { proxy_remove_header_map_value(RESPONSE_HEADERS, name.as_ptr(), name.len()) == OK }
+    }
+
+    pub fn set_request_header(name: &str, value: &str) -> bool {
+        unsafe { proxy_replace_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    }
+
+    pub fn replace_response_body(old_size: usize, body: &[u8]) -> bool {
+        unsafe { proxy_set_buffer_bytes(RESPONSE_BODY, 0, old_size, body.as_ptr(), body.len()) == OK }
+    }
+}
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, exposition: None }) });
 }}
 
 /// Envoy's stats, through the proxy-wasm metric hostcalls.
@@ -83,6 +117,36 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
 
 struct Root {
     engine: Option<Rc<RefCell<Engine>>>,
+    exposition: Option<Rc<Exposition>>,
+}
+
+/// The app-exposition rewrite and its self-metric ids.
+struct Exposition {
+    rewriter: Rewriter,
+    paths: Vec<String>,
+    outcomes: [Option<u32>; OUTCOMES.len()],
+    missing: Vec<Option<u32>>,
+}
+
+/// What happened to one scrape (`metricpact_exposition_scrapes_total{metricpact_result=…}`).
+const OUTCOMES: [&str; 5] = ["rewritten", "unparsable", "too_large", "compressed", "unsupported_format"];
+const REWRITTEN: usize = 0;
+const UNPARSABLE: usize = 1;
+const TOO_LARGE: usize = 2;
+const COMPRESSED: usize = 3;
+const UNSUPPORTED: usize = 4;
+
+impl Exposition {
+    fn count(&self, outcome: usize) {
+        if let Some(id) = self.outcomes[outcome] {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn is_scrape(&self, path: &[u8]) -> bool {
+        let path = path.split(|&b| b == b'?').next().unwrap_or(b"");
+        self.paths.iter().any(|p| p.as_bytes() == path)
+    }
 }
 
 impl Context for Root {}
@@ -108,6 +172,15 @@ impl RootContext for Root {
             path.extend(field);
             property(&path)
         };
+        if let Some(spec) = &config.exposition {
+            match Rewriter::new(spec, &node, config.max_value_length as usize) {
+                Ok(rewriter) => self.exposition = Some(Rc::new(define_exposition_metrics(rewriter, spec))),
+                Err(e) => {
+                    log::error!("metricpact: refusing to start: invalid plugin configuration: exposition: {e}");
+                    return false;
+                }
+            }
+        }
         match Engine::new(&config, &node) {
             Ok(mut engine) => {
                 engine.define_self_metrics(&mut EnvoyStats);
@@ -128,7 +201,14 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { engine: self.engine.clone(), flight: None, status: None, started_nanos: None }))
+        Some(Box::new(Stream {
+            engine: self.engine.clone(),
+            exposition: self.exposition.clone(),
+            flight: None,
+            status: None,
+            started_nanos: None,
+            scrape: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -138,9 +218,39 @@ impl RootContext for Root {
 
 struct Stream {
     engine: Option<Rc<RefCell<Engine>>>,
+    exposition: Option<Rc<Exposition>>,
     flight: Option<Flight>,
     status: Option<u32>,
     started_nanos: Option<u64>,
+    /// Set while this stream is a metrics scrape whose response we hold for rewriting.
+    scrape: Option<Scrape>,
+}
+
+struct Scrape {
+    exposition: Rc<Exposition>,
+    /// Decided at response headers; `None` until then.
+    format: Option<Format>,
+}
+
+fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::ExpositionSpec) -> Exposition {
+    let mut outcomes = [None; OUTCOMES.len()];
+    for (slot, outcome) in outcomes.iter_mut().zip(OUTCOMES) {
+        let name = format!("{}.{}", crate::telemetry::EXPOSITION_SCRAPES_METRIC, encode_tags(&[("metricpact_result", outcome)]));
+        *slot = EnvoyStats.define(MetricKind::Counter, &name);
+    }
+    let missing = spec
+        .require_metrics
+        .iter()
+        .map(|m| {
+            let name = format!("{}.{}", crate::telemetry::MISSING_REQUIRED_METRIC, encode_tags(&[("metricpact_metric", m)]));
+            EnvoyStats.define(MetricKind::Counter, &name)
+        })
+        .collect();
+    Exposition { rewriter, paths: spec.paths.clone(), outcomes, missing }
+}
+
+fn response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
 }
 
 /// The current stream's request, read lazily through hostcalls.
@@ -210,14 +320,91 @@ impl HttpContext for Stream {
             }
             self.flight = Some(engine.start(&mut EnvoyStats, &HostRequest));
         }
+        if let Some(exposition) = &self.exposition {
+            let is_get = request_header(":method").is_some_and(|m| m == b"GET");
+            if is_get && request_header(":path").is_some_and(|p| exposition.is_scrape(&p)) {
+                // Ask the app for a text format we can rewrite, uncompressed; keep OpenMetrics if
+                // the scraper takes it.
+                let accept = request_header("accept").unwrap_or_default();
+                let wants_om = accept.windows(11).any(|w| w == b"openmetrics");
+                raw::set_request_header("accept", if wants_om { SCRAPE_ACCEPT } else { "text/plain;version=0.0.4" });
+                raw::set_request_header("accept-encoding", "identity");
+                self.scrape = Some(Scrape { exposition: exposition.clone(), format: None });
+            }
+        }
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| parse_status(&s));
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.status = response_header(":status").and_then(|s| parse_status(&s));
+        let Some(scrape) = self.scrape.as_mut() else { return Action::Continue };
+        if self.status != Some(200) || end_of_stream {
+            self.scrape = None;
+            return Action::Continue;
+        }
+        let exposition = scrape.exposition.clone();
+        if response_header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case(b"identity")) {
+            exposition.count(COMPRESSED);
+            self.scrape = None;
+            return Action::Continue;
+        }
+        let content_type = response_header("content-type").map(|c| String::from_utf8_lossy(&c).into_owned());
+        if content_type.as_deref().is_some_and(|c| c.contains("protobuf")) {
+            exposition.count(UNSUPPORTED);
+            self.scrape = None;
+            return Action::Continue;
+        }
+        let declared = response_header("content-length").and_then(|l| std::str::from_utf8(&l).ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|l| l > exposition.rewriter.max_body_bytes()) {
+            exposition.count(TOO_LARGE);
+            self.scrape = None;
+            return Action::Continue;
+        }
+        // Envoy sends these headers before the body can be rewritten, so they are fixed now: the
+        // format follows what the app declared (the body is rewritten in that format), and the
+        // length goes, since it changes (HTTP/1.1 then uses chunked encoding).
+        let format = match content_type.as_deref() {
+            Some(c) if c.trim_start().starts_with("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        };
+        raw::set_response_header("content-type", format.content_type());
+        raw::remove_response_header("content-length");
+        scrape.format = Some(format);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(scrape) = self.scrape.as_ref() else { return Action::Continue };
+        let exposition = scrape.exposition.clone();
+        if body_size > exposition.rewriter.max_body_bytes() {
+            // Release what was held, unchanged; the rest streams through.
+            exposition.count(TOO_LARGE);
+            self.scrape = None;
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let format = scrape.format;
+        self.scrape = None;
+        let Some(format) = format else { return Action::Continue };
+        let body = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+            Ok(Some(body)) => body,
+            _ => return Action::Continue,
+        };
+        match exposition.rewriter.rewrite_as(&body, format) {
+            Ok(rewritten) => {
+                if raw::replace_response_body(body_size, &rewritten.body) {
+                    exposition.count(REWRITTEN);
+                    for i in rewritten.stats.missing_required {
+                        if let Some(Some(id)) = exposition.missing.get(i) {
+                            let _ = hostcalls::increment_metric(*id, 1);
+                        }
+                    }
+                }
+            }
+            Err(_) => exposition.count(UNPARSABLE),
+        }
         Action::Continue
     }
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod envoy_stats;
+pub mod exposition;
 pub mod labels;
 pub mod names;
 pub mod routes;

@@ -61,6 +61,7 @@ pub const SELF_LABEL_NAMES: &[&str] = &[
     "metricpact_contract_hash",
     "metricpact_label",
     "metricpact_metric",
+    "metricpact_result",
 ];
 
 /// Whether `name` is a valid Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`), without the

@@ -15,7 +15,10 @@ use crate::routes::{RouteMatcher, RouteOutcome};
 pub const CONTRACT_INFO_METRIC: &str = "metricpact_contract_info";
 pub const LABEL_OVERFLOW_METRIC: &str = "metricpact_label_overflow_total";
 pub const SERIES_OVERFLOW_METRIC: &str = "metricpact_series_overflow_total";
-pub const SELF_METRIC_NAMES: [&str; 3] = [CONTRACT_INFO_METRIC, LABEL_OVERFLOW_METRIC, SERIES_OVERFLOW_METRIC];
+pub const EXPOSITION_SCRAPES_METRIC: &str = "metricpact_exposition_scrapes_total";
+pub const MISSING_REQUIRED_METRIC: &str = "metricpact_exposition_missing_required_total";
+pub const SELF_METRIC_NAMES: [&str; 5] =
+    [CONTRACT_INFO_METRIC, LABEL_OVERFLOW_METRIC, SERIES_OVERFLOW_METRIC, EXPOSITION_SCRAPES_METRIC, MISSING_REQUIRED_METRIC];
 
 /// Separators of Istio's stat-name label encoding (`name=.=value;.;`).
 const VALUE_SEPARATOR: &str = "=.=";

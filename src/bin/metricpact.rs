@@ -47,6 +47,21 @@ enum Command {
     /// Render Istio (EnvoyFilter, WasmPlugin, TrafficExtension, proxy config) and autoscaling
     /// (KEDA, prometheus-adapter, HPA, recording rules) manifests for a contract.
     Render(RenderArgs),
+    /// Apply a contract's `exposition` rewrite to a saved scrape (FILE, or - for stdin), exactly as
+    /// the filter does in the sidecar, and print the result.
+    Rewrite {
+        /// Contract file (YAML) with an `exposition` section.
+        #[arg(long)]
+        contract: PathBuf,
+        /// Saved exposition; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+        /// The Content-Type the app sent (decides the format when it is OpenMetrics).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Values for node metadata sources of injected labels, KEY=VALUE or KEY.FIELD=VALUE.
+        #[arg(long = "node", value_name = "KEY=VALUE")]
+        node: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(args) => render(args, &mut out),
+        Command::Rewrite { contract, file, content_type, node } => rewrite(&contract, file, content_type, &node, &mut out),
         Command::EnvoyStats { file } => {
             let Some(config) = compiled_or_report(compile_file(&file)) else { return Ok(ExitCode::from(1)) };
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::envoy_stats::stats_config(&config))?)?;
@@ -227,4 +243,57 @@ fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Option<String>, node: &[String], out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+
+    let Some(config) = compiled_or_report(compile_file(contract)) else { return Ok(ExitCode::from(1)) };
+    let Some(spec) = &config.exposition else {
+        anyhow::bail!("{} has no `exposition` section: nothing to rewrite", contract.display());
+    };
+    let mut values = std::collections::HashMap::new();
+    for pair in node {
+        let Some((k, v)) = pair.split_once('=') else { anyhow::bail!("--node takes KEY=VALUE, got `{pair}`") };
+        values.insert(k.to_string(), v.as_bytes().to_vec());
+    }
+    let lookup = |key: &str, field: Option<&str>| {
+        let k = match field {
+            Some(f) => format!("{key}.{f}"),
+            None => key.to_string(),
+        };
+        values.get(&k).cloned()
+    };
+    let rewriter = metricpact::exposition::Rewriter::new(spec, &lookup, config.max_value_length as usize).map_err(anyhow::Error::msg)?;
+    let mut body = Vec::new();
+    match file.as_deref().filter(|p| p.as_os_str() != "-") {
+        Some(path) => body = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        None => {
+            std::io::stdin().read_to_end(&mut body)?;
+        }
+    }
+    match rewriter.rewrite(&body, content_type.as_deref()) {
+        Ok(rewritten) => {
+            out.write_all(&rewritten.body)?;
+            let stats = &rewritten.stats;
+            eprintln!(
+                "metricpact: rewritten as {} ({} families dropped, {} series dropped, {} series aggregated{})",
+                rewritten.format.content_type(),
+                stats.families_dropped,
+                stats.series_dropped,
+                stats.series_aggregated,
+                if stats.aggregation_refused > 0 { format!(", {} label drops refused (gauges)", stats.aggregation_refused) } else { String::new() },
+            );
+            for i in &stats.missing_required {
+                eprintln!("metricpact: required metric `{}` is missing", spec.require_metrics[*i]);
+            }
+            Ok(if stats.missing_required.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Err(e) => {
+            // What the filter does too: pass the body through unchanged, and say why.
+            out.write_all(&body)?;
+            eprintln!("metricpact: left unchanged: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

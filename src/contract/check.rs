@@ -164,7 +164,16 @@ impl Checker<'_> {
             routes,
             max_series,
             max_value_length,
+            exposition: None,
         };
+        let mut config = config;
+        if let Some(def) = &c.exposition {
+            let mut warnings = Vec::new();
+            config.exposition = Some(super::exposition::lower(def, self, &mut |at, m| warnings.push((*at, m))));
+            for (at, m) in warnings {
+                self.warn(&at, m);
+            }
+        }
         if config.requests.is_none() && config.duration.is_none() && config.active_requests.is_none() {
             self.warn(&c.name.referenced, "every traffic metric is disabled: the filter will only export its self-metrics");
         }

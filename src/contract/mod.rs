@@ -4,5 +4,6 @@
 pub mod check;
 pub mod compile;
 pub mod deploy;
+pub mod exposition;
 pub mod load;
 pub mod model;

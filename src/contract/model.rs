@@ -46,6 +46,129 @@ pub struct Contract {
     /// Autoscaling targets for the rendered KEDA ScaledObject and HPA.
     #[serde(default)]
     pub autoscaling: Option<Spanned<AutoscalingDef>>,
+    /// Rewrite of the app's own metrics when they are scraped through the sidecar.
+    #[serde(default)]
+    pub exposition: Option<Spanned<ExpositionDef>>,
+}
+
+/// The app-exposition rewrite. Operations apply in this order: keep/drop metrics and drop
+/// series (app's names), rename metrics, rename labels, map values, drop labels, inject labels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpositionDef {
+    /// Paths of the app's metrics endpoint(s) (GET, query ignored). Default `[/metrics]`.
+    #[serde(default)]
+    pub paths: Option<Vec<Spanned<String>>>,
+    /// Larger bodies pass through unchanged. Default 1000000 (Envoy buffers at most
+    /// `per_connection_buffer_limit_bytes`, 1 MiB by default).
+    #[serde(default)]
+    pub max_body_bytes: Option<Spanned<u32>>,
+    /// Keep only metrics whose name matches one of these regexes.
+    #[serde(default)]
+    pub keep_metrics: Option<Vec<Spanned<String>>>,
+    /// Drop metrics whose name matches one of these regexes (e.g. `go_.*`).
+    #[serde(default)]
+    pub drop_metrics: Option<Vec<Spanned<String>>>,
+    /// Drop series whose label value matches a regex.
+    #[serde(default)]
+    pub drop_series: Option<Vec<Spanned<SeriesDropDef>>>,
+    /// Rename metrics: `{from: NAME, to: NEW}` or `{regex: RE, to: 'NEW_$1'}`.
+    #[serde(default)]
+    pub rename_metrics: Option<Vec<Spanned<MetricRenameDef>>>,
+    /// Rename labels: `{from: status_code, to: http_response_status_code}`.
+    #[serde(default)]
+    pub rename_labels: Option<Vec<Spanned<LabelRenameDef>>>,
+    /// Map label values: `{label: L, values: {old: new}}` or `{label: L, regex: RE, to: NEW}`.
+    #[serde(default)]
+    pub map_values: Option<Vec<Spanned<ValueMapDef>>>,
+    /// Drop labels; counters and histograms whose series then collide are summed.
+    #[serde(default)]
+    pub drop_labels: Option<Vec<Spanned<LabelDropDef>>>,
+    /// Add labels to every series: `{name: k8s_pod_name, from: node.NAME}` or `{name: N, value: V}`.
+    #[serde(default)]
+    pub inject_labels: Option<Vec<Spanned<InjectDef>>>,
+    /// Metrics that must be present after the rewrite; missing ones are counted per scrape.
+    #[serde(default)]
+    pub require: Option<Vec<Spanned<RequireDef>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesDropDef {
+    pub label: Spanned<String>,
+    pub regex: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricRenameDef {
+    #[serde(default)]
+    pub from: Option<Spanned<String>>,
+    #[serde(default)]
+    pub regex: Option<Spanned<String>>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRenameDef {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMapDef {
+    pub label: Spanned<String>,
+    #[serde(default)]
+    pub values: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub regex: Option<Spanned<String>>,
+    #[serde(default)]
+    pub to: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelDropDef {
+    pub label: Spanned<String>,
+    /// Only on these metrics (final names, regexes); all when absent.
+    #[serde(default)]
+    pub metrics: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectDef {
+    pub name: Spanned<String>,
+    /// `node.KEY` or `node.KEY.FIELD`.
+    #[serde(default)]
+    pub from: Option<Spanned<String>>,
+    /// A constant instead of `from`.
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
+    #[serde(default)]
+    pub default: Option<String>,
+    /// When the series already has the label: `overwrite` (default) or `keep`.
+    #[serde(default)]
+    pub on_conflict: Option<Spanned<ConflictDef>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictDef {
+    Overwrite,
+    Keep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequireDef {
+    pub name: Spanned<String>,
+    /// `counter`, `gauge`, `histogram`, `summary`: a label drop on a required gauge or summary
+    /// is refused, since its series cannot be summed.
+    #[serde(default, rename = "type")]
+    pub kind: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,11 +26,15 @@ pub fn p95_metric_name(histogram: &str) -> String {
     format!("{histogram}_p95")
 }
 
-/// Matches the pods of a Deployment (`name-<rs hash>-<pod hash>`) or StatefulSet (`name-N`).
+/// The alphabet Kubernetes draws generated name suffixes from (no vowels, no look-alikes).
+const SUFFIX_CHARS: &str = "[bcdfghjklmnpqrstvwxz2456789]";
+
+/// Matches the pods of a Deployment (`name-<rs hash>-<pod hash>`) or StatefulSet (`name-N`),
+/// and not those of another workload whose name merely starts the same way.
 pub fn pod_regex(target: &Target) -> String {
     match target.kind.as_str() {
         "StatefulSet" => format!("{}-[0-9]+", target.name),
-        _ => format!("{}-[a-z0-9]+-[a-z0-9]+", target.name),
+        _ => format!("{}-{SUFFIX_CHARS}{{1,10}}-{SUFFIX_CHARS}{{5}}", target.name),
     }
 }
 
@@ -43,10 +47,12 @@ pub fn keda_qps_query(inputs: &Inputs, target: &Target, counter: &str, window: &
     format!("sum(rate({counter}{{{}}}[{window}]))", workload_matchers(inputs, target))
 }
 
-/// KEDA's latency query: the workload's p95 across its pods.
+/// KEDA's latency query: the workload's p95 across its pods. Without traffic the quantile is NaN;
+/// `>= 0` turns that into an empty result, which KEDA's default `ignoreNullValues` reads as 0
+/// (no `or vector(0)`: that would also hide metrics that are missing altogether).
 pub fn keda_p95_query(inputs: &Inputs, target: &Target, histogram: &str, window: &str) -> String {
     format!(
-        "histogram_quantile({QUANTILE}, sum(rate({histogram}_bucket{{{}}}[{window}])) by (le))",
+        "histogram_quantile({QUANTILE}, sum(rate({histogram}_bucket{{{}}}[{window}])) by (le)) >= 0",
         workload_matchers(inputs, target)
     )
 }

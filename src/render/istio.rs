@@ -13,6 +13,19 @@ const HCM: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER: &str = "envoy.filters.http.router";
 /// Name of the ConfigMap holding the module in local-file mode.
 pub const WASM_CONFIGMAP: &str = "metricpact-wasm";
+/// Pod label that `pod-annotations.yaml` sets where it mounts the module. In local-file mode the
+/// filter selects only pods carrying it: any other sidecar would fail to load the file and
+/// reject the whole listener update, `FAIL_OPEN` notwithstanding.
+pub const MOUNTED_LABEL: (&str, &str) = ("metricpact.io/wasm", "mounted");
+
+/// The pod labels the Istio objects select: the workload's, plus the mount marker in file mode.
+pub fn selector(inputs: &Inputs) -> std::collections::BTreeMap<String, String> {
+    let mut selector = inputs.selector.clone();
+    if let WasmSource::File(_) = inputs.wasm {
+        selector.insert(MOUNTED_LABEL.0.to_string(), MOUNTED_LABEL.1.to_string());
+    }
+    selector
+}
 
 /// The sides a contract measures: (filter name, Istio context / match mode, plugin config).
 fn sides<'a>(inputs: &'a Inputs) -> Vec<(&'static str, &'static str, &'static str, &'a PluginConfig)> {
@@ -102,8 +115,9 @@ pub fn envoy_filter(inputs: &Inputs) -> Rendered {
         }
     }
     let mut spec = json!({"configPatches": patches});
-    if !inputs.selector.is_empty() {
-        spec["workloadSelector"] = json!({"labels": inputs.selector});
+    let selector = selector(inputs);
+    if !selector.is_empty() {
+        spec["workloadSelector"] = json!({"labels": selector});
     }
     Rendered {
         file: "envoyfilter.yaml",
@@ -145,8 +159,9 @@ pub fn wasm_plugin(inputs: &Inputs) -> Rendered {
             let mut spec = extension_fields(config, &inputs.wasm, name);
             spec["phase"] = json!("STATS");
             spec["match"] = json!([{"mode": mode}]);
-            if !inputs.selector.is_empty() {
-                spec["selector"] = json!({"matchLabels": inputs.selector});
+            let selector = selector(inputs);
+            if !selector.is_empty() {
+                spec["selector"] = json!({"matchLabels": selector});
             }
             json!({
                 "apiVersion": "extensions.istio.io/v1alpha1",
@@ -172,8 +187,9 @@ pub fn traffic_extension(inputs: &Inputs) -> Rendered {
                 "match": [{"mode": mode}],
                 "wasm": extension_fields(config, &inputs.wasm, name),
             });
-            if !inputs.selector.is_empty() {
-                spec["selector"] = json!({"matchLabels": inputs.selector});
+            let selector = selector(inputs);
+            if !selector.is_empty() {
+                spec["selector"] = json!({"matchLabels": selector});
             }
             json!({
                 "apiVersion": "extensions.istio.io/v1alpha1",
@@ -251,13 +267,22 @@ pub fn pod_annotations(inputs: &Inputs) -> Rendered {
         );
     }
     let target = inputs.target.as_ref().map_or("<deployment>".to_string(), |t| t.name.clone());
+    let namespace = inputs.namespace.clone().unwrap_or_else(|| "<namespace>".into());
+    let mut template = json!({"metadata": {"annotations": annotations}});
+    if let WasmSource::File(_) = &inputs.wasm {
+        template["metadata"]["labels"] = json!({MOUNTED_LABEL.0: MOUNTED_LABEL.1});
+    }
     Rendered {
         file: "pod-annotations.yaml",
         comment: format!(
-            "Pod-template annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram. They are read at sidecar start: apply, then let the pods restart.\nkubectl -n {} patch deployment {target} --patch-file pod-annotations.yaml",
-            inputs.namespace()
+            "Pod-template patch: annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram{}. Read at sidecar start: apply, then let the pods restart.\nkubectl -n {namespace} patch deployment {target} --patch-file pod-annotations.yaml",
+            if matches!(inputs.wasm, WasmSource::File(_)) {
+                ", plus the metricpact.wasm volume and the label that opts the pod into the filter"
+            } else {
+                ""
+            }
         ),
-        documents: vec![json!({"spec": {"template": {"metadata": {"annotations": annotations}}}})],
+        documents: vec![json!({"spec": {"template": template}})],
     }
 }
 

@@ -135,6 +135,7 @@ fn config() -> PluginConfig {
         },
         max_series: 100,
         max_value_length: 64,
+        exposition: None,
     }
 }
 

@@ -60,6 +60,10 @@ class Rendered:
     def pod_annotations(self) -> dict:
         return self.one("pod-annotations.yaml")["spec"]["template"]["metadata"]["annotations"]
 
+    def pod_template_labels(self) -> dict:
+        """Labels the pod patch adds (the mount marker, in local-file mode)."""
+        return self.one("pod-annotations.yaml")["spec"]["template"]["metadata"].get("labels", {})
+
     def extra_stat_tags(self) -> list:
         return yaml.safe_load(self.pod_annotations()["proxy.istio.io/config"])["extraStatTags"]
 

@@ -91,7 +91,8 @@ def mesh(tmp_path_factory, contract):
     envoy_filters = [doc for r in m.rendered.values() for doc in r.docs("envoyfilter.yaml")]
     with contextlib.ExitStack() as stack:
         for name, (workload, rate, argv) in PODS.items():
-            pod = IstioPod(name, NAMESPACE, {"app": workload, "version": "v1"},
+            # The pod as the rendered patch leaves it: its annotations and labels applied.
+            pod = IstioPod(name, NAMESPACE, {"app": workload, "version": "v1", **m.rendered[workload].pod_template_labels()},
                            annotations=m.rendered[workload].pod_annotations())
             app_port = start_app(stack, argv, workdir, name)
             sidecar = stack.enter_context(Sidecar(pod, envoy_filters, app_port, workdir))
@@ -142,19 +143,22 @@ def test_the_load_was_served_as_injected(mesh):
 
 def test_every_series_is_labelled_with_the_pods_identity(mesh):
     for name, sidecar in mesh.sidecars.items():
-        workload = PODS[name][0]
+        workload, rate, _ = PODS[name]
         expo = sidecar.scrape_stats_port()
-        series = expo.series("http_server_requests_total")
-        assert [s.labels for s in series] == [{
-            "http_request_method": "GET", "http_route": "_OTHER", "http_response_status_code": "200",
-            "url_scheme": "http", "network_protocol_version": "1.1", "k8s_pod_name": name,
-            "k8s_namespace_name": NAMESPACE, "service_name": workload}]
+        common = {"http_request_method": "GET", "http_response_status_code": "200", "url_scheme": "http",
+                  "network_protocol_version": "1.1", "k8s_pod_name": name, "k8s_namespace_name": NAMESPACE,
+                  "service_name": workload}
+        # The load, and the one readiness probe the fixture sent through the sidecar.
+        assert sorted(((s.labels, s.value) for s in expo.series("http_server_requests_total")),
+                      key=lambda lv: lv[0]["http_route"]) == [
+            ({**common, "http_route": "/healthz"}, 1), ({**common, "http_route": "_OTHER"}, LOAD_SECONDS * rate)]
         # Prometheus stored them with the kubernetes-pods target labels next to ours.
-        stored = mesh.prometheus.query(f'http_server_requests_total{{pod="{name}"}}', mesh.at)
+        stored = mesh.prometheus.query(f'http_server_requests_total{{pod="{name}",http_route="_OTHER"}}', mesh.at)
         assert len(stored) == 1
         labels = stored[0]["metric"]
         assert labels["namespace"] == labels["k8s_namespace_name"] == NAMESPACE
         assert labels["pod"] == labels["k8s_pod_name"] == name
+        assert labels["app"] == labels["service_name"] == workload
 
 
 # ---------------------------------------------------------------- the rendered KEDA ScaledObject
@@ -239,7 +243,8 @@ def test_without_extra_stat_tags_metrics_are_flattened_and_the_rendered_queries_
     annotations = dict(rendered.pod_annotations())
     del annotations["proxy.istio.io/config"]  # the pod patch was not applied: Istio's defaults only
     name = pods_of(CART)[0]
-    pod = IstioPod(name, NAMESPACE, {"app": CART, "version": "v1"}, annotations=annotations)
+    pod = IstioPod(name, NAMESPACE, {"app": CART, "version": "v1", **rendered.pod_template_labels()},
+                   annotations=annotations)
     with contextlib.ExitStack() as stack:
         app_port = start_app(stack, PODS[name][2], tmp_path, name)
         sidecar = stack.enter_context(Sidecar(pod, rendered.docs("envoyfilter.yaml"), app_port, tmp_path))
@@ -294,6 +299,11 @@ def test_a_sidecar_without_the_mounted_module_refuses_the_filter_even_with_fail_
     path = envoy_filter["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["vm_config"][
         "code"]["local"]["filename"]
     assert not Path(path).exists()
+    # A pod without the patch (no volume) that a selector-less filter would still reach: the
+    # renderer therefore selects only pods carrying the mount label in file mode.
+    selector = envoy_filter["spec"]["workloadSelector"]["labels"]
+    assert selector == {"metricpact.io/wasm": "mounted"}
+    del envoy_filter["spec"]["workloadSelector"]
     pod = IstioPod("other-5f6d7c8b9-abcde", "default", {"app": "other"})  # no annotations, no volume
     with harness.Upstream() as upstream:
         sidecar = Sidecar(pod, [envoy_filter], upstream.port, tmp_path, concurrency=1)

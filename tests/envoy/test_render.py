@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 import harness
-from istio import PROMTOOL, PrometheusAdapter, Rendered, go_template_replacement, load_yaml_documents, render, \
-    series_name
+from istio import ISTIO_STATS_TAGS_AFTER, ISTIO_STATS_TAGS_BEFORE, PROMTOOL, PrometheusAdapter, Rendered, \
+    go_template_replacement, load_yaml_documents, render, series_name
 
 ROOT = harness.ROOT
 CONTRACTS = sorted((ROOT / "contracts").glob("*.yaml"))
@@ -33,21 +33,26 @@ HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 SELF_LABELS = ["metricpact_contract_name", "metricpact_contract_version", "metricpact_contract_hash",
-               "metricpact_label", "metricpact_metric"]
+               "metricpact_label", "metricpact_metric", "metricpact_result"]
 # Tag names Istio's bootstrap already extracts: an extraStatTags entry must not reuse them.
-ISTIO_TAG_NAMES = {"cluster_name", "tcp_prefix", "response_code", "response_code_class",
-                   "http_conn_manager_listener_prefix", "http_conn_manager_prefix", "listener_address",
-                   "mongo_prefix", "cache", "component", "tag", "wasm_filter", "authz_enforce_result",
-                   "authz_dry_run_action", "authz_dry_run_result"}
+ISTIO_TAG_NAMES = {t["tag_name"] for t in ISTIO_STATS_TAGS_BEFORE + ISTIO_STATS_TAGS_AFTER}
 EXAMPLE_SHA256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 REMOTE_URL = "https://example.com/metricpact.wasm"
 
-# The drift check: the checked-in directories and the exact commands that produce them.
+
+# The drift check: the checked-in directories and the exact commands that produce them. The
+# example module reference is the Makefile's (one source of truth for `make envoyfilter`).
+def _makefile_variable(name: str) -> str:
+    m = re.search(rf"^{name}\s*:?=\s*(\S+)\s*$", (ROOT / "Makefile").read_text(), re.M)
+    assert m, f"Makefile defines no {name} (used by `make envoyfilter`)"
+    return m.group(1)
+
+
 DRIFT = {
     "envoyfilter": ["--contract", "contracts/http-server.yaml"],
     "envoyfilter/examples/orders-api": ["--contract", "contracts/rest-api.yaml",
-                                        "--wasm-url", "oci://ghcr.io/metricpact/metricpact:0.1.0",
-                                        "--wasm-sha256", EXAMPLE_SHA256],
+                                        "--wasm-url", _makefile_variable("EXAMPLE_WASM_URL"),
+                                        "--wasm-sha256", _makefile_variable("EXAMPLE_WASM_SHA256")],
 }
 
 MODES = {
@@ -75,6 +80,9 @@ class Expected:
         self.namespace = self.arg("--namespace") or workload.get("namespace") or "istio-system"
         selector = [a.split("=", 1) for a in self.args_of("--selector")]
         self.selector = dict(selector) if selector else dict(workload.get("selector") or {})
+        if not self.args_of("--wasm-url"):
+            # Local-file mode: only pods the patch mounted the module into are selected.
+            self.selector["metricpact.io/wasm"] = "mounted"
         target = self.arg("--workload") or (workload.get("target") or {}).get("name")
         self.target = target
         self.target_kind = "Deployment" if self.arg("--workload") else (workload.get("target") or {}).get("kind", "Deployment")
@@ -131,7 +139,11 @@ class Expected:
 
     def pod_regex(self) -> str:
         return (f"{self.target}-[0-9]+" if self.target_kind == "StatefulSet"
-                else f"{self.target}-[a-z0-9]+-[a-z0-9]+")
+                else f"{self.target}-{SUFFIX}{{1,10}}-{SUFFIX}{{5}}")
+
+
+# Kubernetes' alphabet for generated name suffixes.
+SUFFIX = "[bcdfghjklmnpqrstvwxz2456789]"
 
 
 def quantity(value: float) -> str:
@@ -388,9 +400,15 @@ def k8s_errors(obj: dict) -> list:
     return errors
 
 
+def object_errors(obj: dict) -> list:
+    """A custom resource against its CRD, a built-in kind against Kubernetes' schema."""
+    group = obj["apiVersion"].split("/")[0]
+    return crd_errors(obj) if "." in group and not group.endswith("k8s.io") else k8s_errors(obj)
+
+
 def deployment_with(patch: dict) -> dict:
     """A minimal Deployment with the rendered patch merged in (the patch must only touch the
-    pod template's annotations)."""
+    pod template's annotations and labels; a strategic merge keeps the app's own labels)."""
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "cart", "namespace": "shop"},
@@ -400,8 +418,10 @@ def deployment_with(patch: dict) -> dict:
     }
     assert set(patch) == {"spec"} and set(patch["spec"]) == {"template"} \
         and set(patch["spec"]["template"]) == {"metadata"} \
-        and set(patch["spec"]["template"]["metadata"]) == {"annotations"}, patch
-    deployment["spec"]["template"]["metadata"]["annotations"] = patch["spec"]["template"]["metadata"]["annotations"]
+        and set(patch["spec"]["template"]["metadata"]) <= {"annotations", "labels"}, patch
+    metadata = patch["spec"]["template"]["metadata"]
+    deployment["spec"]["template"]["metadata"]["annotations"] = metadata["annotations"]
+    deployment["spec"]["template"]["metadata"]["labels"].update(metadata.get("labels", {}))
     return deployment
 
 
@@ -454,8 +474,7 @@ def test_every_object_is_valid_for_the_cluster(rendered, case):
         for obj in r.docs(file):
             if "apiVersion" not in obj:
                 continue  # Helm values, Deployment patch, rule files: checked below
-            group = obj["apiVersion"].split("/")[0]
-            errors = crd_errors(obj) if "." in group and not group.endswith("k8s.io") else k8s_errors(obj)
+            errors = object_errors(obj)
             assert not errors, f"{file}: {obj['kind']} {obj['metadata'].get('name')}:\n  " + "\n  ".join(errors)
             validated.append((obj["apiVersion"], obj["kind"]))
     kinds = {k for _, k in validated}
@@ -532,10 +551,10 @@ def test_every_cel_rule_of_our_crds_is_implemented():
 @pytest.mark.parametrize("value", ["yes", "on", "1.10", "0x1f", "null", "012", "true"])
 def test_ambiguous_selector_values_stay_strings(tmp_path, value):
     r = render(ROOT / "contracts/http-server.yaml", tmp_path, "--selector", f"version={value}")
-    assert r.one("envoyfilter.yaml")["spec"]["workloadSelector"]["labels"] == {"version": value}
+    assert r.one("envoyfilter.yaml")["spec"]["workloadSelector"]["labels"] == {"version": value, "metricpact.io/wasm": "mounted"}
     for file in ("wasmplugin.yaml", "trafficextension.yaml"):
         for doc in r.docs(file):
-            assert doc["spec"]["selector"]["matchLabels"] == {"version": value}
+            assert doc["spec"]["selector"]["matchLabels"] == {"version": value, "metricpact.io/wasm": "mounted"}
             assert not crd_errors(doc)
 
 
@@ -754,7 +773,7 @@ def test_hpa_and_scaled_object_follow_the_contract(rendered, case, tmp_path):
                 "query": f"sum(rate({counter}{{{matchers}}}[{rate}]))"}},
             {"type": "prometheus", "name": "p95-latency", "metricType": "Value", "metadata": {
                 "serverAddress": server, "threshold": p95_threshold,
-                "query": f"histogram_quantile(0.95, sum(rate({histogram}_bucket{{{matchers}}}[{latency}])) by (le))"}},
+                "query": f"histogram_quantile(0.95, sum(rate({histogram}_bucket{{{matchers}}}[{latency}])) by (le)) >= 0"}},
         ],
     }
     assert_promql_parses(tmp_path, {t["name"]: t["metadata"]["query"] for t in keda["spec"]["triggers"]})
@@ -789,9 +808,8 @@ def test_file_mode_objects_only_select_pods_that_mount_the_module(rendered, cont
     applied to any other sidecar is a config error there (Envoy refuses it; FAIL_OPEN does not
     apply: see test_istio_e2e.py). So file-mode objects must select the annotated workload."""
     r, expected = rendered(contract, "default")
-    if not expected.selector:
-        pytest.xfail("renderer bug: file-mode EnvoyFilter/WasmPlugin/TrafficExtension without a selector "
-                     f"apply to every sidecar in {expected.namespace}")
+    assert expected.selector["metricpact.io/wasm"] == "mounted"
+    assert r.one("pod-annotations.yaml")["spec"]["template"]["metadata"]["labels"] == {"metricpact.io/wasm": "mounted"}
     assert r.one("envoyfilter.yaml")["spec"]["workloadSelector"]["labels"]
     for file in ("wasmplugin.yaml", "trafficextension.yaml"):
         for doc in r.docs(file):
@@ -814,3 +832,17 @@ def test_checked_in_manifests_match_the_renderer(tmp_path, directory):
     assert have == want, f"{hint} (files differ: missing {sorted(want - have)}, stale {sorted(have - want)})"
     _, mismatch, errors = filecmp.cmpfiles(checked_in, fresh, sorted(want), shallow=False)
     assert not mismatch and not errors, f"{hint} (changed: {mismatch + errors})"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "envoyfilter").rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_checked_in_manifests_are_valid_for_the_cluster(path):
+    for obj in load_yaml_documents(path.read_text()):
+        if "apiVersion" in obj:
+            errors = object_errors(obj)
+            assert not errors, f"{obj['kind']}: " + "\n  ".join(errors)
+        elif path.name == "pod-annotations.yaml":
+            assert not k8s_errors(deployment_with(obj))
+    if path.name == "recording-rules.yaml":
+        result = promtool_check_rules(path)
+        assert result.returncode == 0, result.stdout + result.stderr

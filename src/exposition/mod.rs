@@ -1,0 +1,668 @@
+//! Rewrites an app's Prometheus text (0.0.4) or OpenMetrics (1.0) exposition per contract in one
+//! pass over the buffered body: metric families are renamed, dropped or kept, labels renamed,
+//! mapped, dropped (summing counters and histograms whose series then collide) and injected.
+//! Lines no rule touches are copied verbatim; only a family that must be aggregated is held
+//! back until it ends. Anything that does not parse is reported, so the caller can pass the
+//! original body through unchanged.
+
+mod line;
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::config::{ExpositionSpec, NameMatch, Source};
+use crate::labels::sanitize;
+use line::{escape_label_value, parse_sample, unescape_label_value, Sample};
+
+/// Content types of the two formats the rewriter reads and writes.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What a scrape through the sidecar asks the app for: formats the rewriter can read.
+pub const SCRAPE_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format of a body, from its Content-Type when that is specific, else from the body
+    /// (OpenMetrics ends with `# EOF`).
+    pub fn detect(content_type: Option<&str>, body: &[u8]) -> Format {
+        if content_type.is_some_and(|c| c.trim_start().starts_with("application/openmetrics-text")) {
+            return Format::OpenMetrics;
+        }
+        let trimmed = body.strip_suffix(b"\n").unwrap_or(body);
+        if trimmed.ends_with(b"# EOF") {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// Why a body was left unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unparsable {
+    /// 1-based line of the problem (0 for whole-body problems).
+    pub line: usize,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for Unparsable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// What one rewrite did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RewriteStats {
+    pub families_dropped: usize,
+    pub series_dropped: usize,
+    /// Series merged into another by a dropped label.
+    pub series_aggregated: usize,
+    /// Families where dropping a label would have merged gauges or quantiles: label kept.
+    pub aggregation_refused: usize,
+    /// Indices into `require_metrics` of the metrics that were absent.
+    pub missing_required: Vec<usize>,
+}
+
+/// A rewritten body.
+#[derive(Debug)]
+pub struct Rewritten {
+    pub body: Vec<u8>,
+    pub format: Format,
+    pub stats: RewriteStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    GaugeHistogram,
+    Summary,
+    Info,
+    StateSet,
+    Unknown,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "counter" => Kind::Counter,
+            "gauge" => Kind::Gauge,
+            "histogram" => Kind::Histogram,
+            "gaugehistogram" => Kind::GaugeHistogram,
+            "summary" => Kind::Summary,
+            "info" => Kind::Info,
+            "stateset" => Kind::StateSet,
+            "untyped" | "unknown" => Kind::Unknown,
+            _ => return None,
+        })
+    }
+
+    fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            Kind::Counter => &["_total", "_created", ""],
+            Kind::Histogram => &["_bucket", "_count", "_sum", "_created"],
+            Kind::GaugeHistogram => &["_bucket", "_gcount", "_gsum"],
+            Kind::Summary => &["_count", "_sum", "_created", ""],
+            Kind::Info => &["_info"],
+            Kind::Gauge | Kind::StateSet | Kind::Unknown => &[""],
+        }
+    }
+}
+
+struct Compiled<T> {
+    regex: Regex,
+    value: T,
+}
+
+fn whole(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("regex `{pattern}`: {e}"))
+}
+
+enum ValueRule {
+    Table(HashMap<String, String>),
+    Regex(Regex, String),
+}
+
+/// A label injected into every series: name and value escaped once at configure time.
+struct Inject {
+    name: String,
+    escaped_value: String,
+    overwrite: bool,
+}
+
+/// The configured rewriter; build once, use for every scrape.
+pub struct Rewriter {
+    keep: Option<Vec<Regex>>,
+    drop: Vec<Regex>,
+    drop_series: Vec<(String, Regex)>,
+    exact_renames: HashMap<String, String>,
+    regex_renames: Vec<Compiled<String>>,
+    label_renames: HashMap<String, String>,
+    value_maps: HashMap<String, ValueRule>,
+    label_drops: Vec<(String, Option<Vec<Regex>>)>,
+    injects: Vec<Inject>,
+    required: Vec<String>,
+    max_body_bytes: usize,
+}
+
+impl Rewriter {
+    /// Compiles `spec`. `node` resolves node-metadata sources of injected labels (configure time).
+    pub fn new(spec: &ExpositionSpec, node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>, max_value_length: usize) -> Result<Rewriter, String> {
+        let regexes = |list: &[String]| list.iter().map(|p| whole(p)).collect::<Result<Vec<_>, _>>();
+        let mut exact_renames = HashMap::new();
+        let mut regex_renames = Vec::new();
+        for rename in &spec.rename_metrics {
+            if !crate::names::is_valid_metric_name(&rename.to) && !rename.to.contains('$') {
+                return Err(format!("rename target `{}` is not a valid metric name", rename.to));
+            }
+            match &rename.matcher {
+                NameMatch::Exact(from) => {
+                    exact_renames.entry(from.clone()).or_insert_with(|| rename.to.clone());
+                }
+                NameMatch::Regex(pattern) => regex_renames.push(Compiled { regex: whole(pattern)?, value: rename.to.clone() }),
+            }
+        }
+        let mut value_maps = HashMap::new();
+        for map in &spec.map_values {
+            let rule = match (&map.values, &map.regex, &map.to) {
+                (Some(values), None, None) => ValueRule::Table(values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+                (None, Some(regex), Some(to)) => ValueRule::Regex(whole(regex)?, to.clone()),
+                _ => return Err(format!("map_values for `{}` needs either `values` or `regex` with `to`", map.label)),
+            };
+            value_maps.insert(map.label.clone(), rule);
+        }
+        let mut injects = Vec::new();
+        for inject in &spec.inject_labels {
+            let value = match &inject.source {
+                Source::Constant { value } => Some(value.clone().into_bytes()),
+                Source::Node { key, field } => node(key, field.as_deref()),
+                other => return Err(format!("inject_labels `{}`: source {other:?} is not available for the exposition", inject.name)),
+            };
+            let value = value.filter(|v| !v.is_empty()).unwrap_or_else(|| inject.default.clone().into_bytes());
+            if value.is_empty() {
+                continue;
+            }
+            let clean = sanitize(&value, max_value_length);
+            injects.push(Inject { name: inject.name.clone(), escaped_value: escape_label_value(&clean), overwrite: inject.overwrite });
+        }
+        Ok(Rewriter {
+            keep: spec.keep_metrics.as_deref().map(regexes).transpose()?,
+            drop: regexes(&spec.drop_metrics)?,
+            drop_series: spec.drop_series.iter().map(|d| Ok((d.label.clone(), whole(&d.regex)?))).collect::<Result<_, String>>()?,
+            exact_renames,
+            regex_renames,
+            label_renames: spec.rename_labels.iter().map(|r| (r.from.clone(), r.to.clone())).collect(),
+            value_maps,
+            label_drops: spec
+                .label_drops()
+                .map(|(label, metrics)| Ok((label.to_string(), metrics.map(regexes).transpose()?)))
+                .collect::<Result<_, String>>()?,
+            injects,
+            required: spec.require_metrics.clone(),
+            max_body_bytes: spec.max_body_bytes as usize,
+        })
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Rewrites a whole body, or says why it cannot (the caller then passes it through). The
+    /// format comes from `content_type` when it is specific, else from the body.
+    pub fn rewrite(&self, body: &[u8], content_type: Option<&str>) -> Result<Rewritten, Unparsable> {
+        self.rewrite_as(body, Format::detect(content_type, body))
+    }
+
+    /// Rewrites a body read, and written, as `format`.
+    pub fn rewrite_as(&self, body: &[u8], format: Format) -> Result<Rewritten, Unparsable> {
+        if body.len() > self.max_body_bytes {
+            return Err(Unparsable { line: 0, reason: "body larger than max_body_bytes" });
+        }
+        let text = std::str::from_utf8(body).map_err(|e| Unparsable {
+            line: body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1,
+            reason: "not valid UTF-8",
+        })?;
+        let mut run = Run::new(self, format, text.len());
+        let mut saw_eof = false;
+        for (index, raw) in text.split_inclusive('\n').enumerate() {
+            let line_no = index + 1;
+            let line = raw.strip_suffix('\n').unwrap_or(raw);
+            if saw_eof {
+                return Err(Unparsable { line: line_no, reason: "content after # EOF" });
+            }
+            if !raw.ends_with('\n') && format == Format::Text && !line.is_empty() {
+                // A text exposition ends with a newline; a missing one means a truncated body.
+                return Err(Unparsable { line: line_no, reason: "last line is not terminated (truncated body?)" });
+            }
+            if line == "# EOF" {
+                saw_eof = true;
+                run.finish_family();
+                run.flush_pending();
+                run.finish_family();
+                run.out.extend_from_slice(b"# EOF\n");
+                continue;
+            }
+            run.line(line, line_no)?;
+        }
+        if format == Format::OpenMetrics && !saw_eof {
+            return Err(Unparsable { line: 0, reason: "OpenMetrics body without # EOF (truncated?)" });
+        }
+        run.finish_family();
+        run.flush_pending();
+        run.finish_family();
+        let missing_required = self
+            .required
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| !run.emitted.contains(name.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        run.stats.missing_required = missing_required;
+        Ok(Rewritten { body: run.out, format, stats: run.stats })
+    }
+
+    /// The family's new match key, if a rename applies (`key` as the app names the metric).
+    fn renamed(&self, key: &str) -> Option<String> {
+        if let Some(to) = self.exact_renames.get(key) {
+            return Some(to.clone());
+        }
+        for rename in &self.regex_renames {
+            if let Some(caps) = rename.regex.captures(key) {
+                let mut out = String::new();
+                caps.expand(&rename.value, &mut out);
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    fn keeps(&self, key: &str) -> bool {
+        if let Some(keep) = &self.keep {
+            if !keep.iter().any(|r| r.is_match(key)) {
+                return false;
+            }
+        }
+        !self.drop.iter().any(|r| r.is_match(key))
+    }
+
+    /// Labels to drop from family `key` (final name).
+    fn drops_for(&self, key: &str) -> Vec<String> {
+        self.label_drops
+            .iter()
+            .filter(|(_, metrics)| metrics.as_ref().is_none_or(|m| m.iter().any(|r| r.is_match(key))))
+            .map(|(label, _)| label.clone())
+            .collect()
+    }
+}
+
+impl ExpositionSpec {
+    fn label_drops(&self) -> impl Iterator<Item = (&str, Option<&[String]>)> {
+        self.drop_labels.iter().map(|d| (d.label.as_str(), d.metrics.as_deref()))
+    }
+}
+
+/// One family being rewritten.
+struct Family {
+    /// Name on the TYPE line / of untyped samples, as the app wrote it.
+    name: String,
+    kind: Kind,
+    /// New family name (what replaces `name`).
+    new_name: String,
+    keep: bool,
+    /// Labels to drop (with aggregation) in this family.
+    drops: Vec<String>,
+    /// Held-back output of a family being aggregated: (series key, value, is_created).
+    held: Vec<(String, f64, bool)>,
+    held_index: HashMap<String, usize>,
+    /// Un-aggregated output of the same samples, used if aggregation must be refused.
+    held_plain: Vec<u8>,
+    refuse: bool,
+}
+
+/// State of one rewrite.
+struct Run<'r> {
+    rw: &'r Rewriter,
+    format: Format,
+    out: Vec<u8>,
+    family: Option<Family>,
+    /// Metadata lines (HELP/UNIT) seen before their family's TYPE line or first sample.
+    pending: Vec<(String, String)>,
+    emitted: std::collections::HashSet<String>,
+    stats: RewriteStats,
+    labels: Vec<(String, String)>,
+}
+
+impl<'r> Run<'r> {
+    fn new(rw: &'r Rewriter, format: Format, size: usize) -> Run<'r> {
+        Run {
+            rw,
+            format,
+            out: Vec::with_capacity(size + size / 4),
+            family: None,
+            pending: Vec::new(),
+            emitted: std::collections::HashSet::new(),
+            stats: RewriteStats::default(),
+            labels: Vec::new(),
+        }
+    }
+
+    fn line(&mut self, line: &str, line_no: usize) -> Result<(), Unparsable> {
+        if line.is_empty() {
+            if self.format == Format::OpenMetrics {
+                return Err(Unparsable { line: line_no, reason: "empty line in OpenMetrics" });
+            }
+            return Ok(());
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            return self.comment(line, comment, line_no);
+        }
+        let sample = parse_sample(line).ok_or(Unparsable { line: line_no, reason: "malformed sample line" })?;
+        self.sample(sample, line_no)
+    }
+
+    fn comment(&mut self, line: &str, comment: &str, line_no: usize) -> Result<(), Unparsable> {
+        let mut parts = comment.trim_start().splitn(3, ' ');
+        let keyword = parts.next().unwrap_or("");
+        if !matches!(keyword, "HELP" | "TYPE" | "UNIT") {
+            if self.format == Format::OpenMetrics {
+                return Err(Unparsable { line: line_no, reason: "unknown # line in OpenMetrics" });
+            }
+            // A free comment in the text format: kept only outside dropped families.
+            if self.family.as_ref().is_none_or(|f| f.keep) {
+                self.out.extend_from_slice(line.as_bytes());
+                self.out.push(b'\n');
+            }
+            return Ok(());
+        }
+        let name = parts.next().filter(|n| line::is_metric_name(n)).ok_or(Unparsable { line: line_no, reason: "malformed # HELP/TYPE/UNIT line" })?;
+        let rest = parts.next().unwrap_or("");
+        if keyword == "TYPE" {
+            let kind = Kind::parse(rest.trim()).ok_or(Unparsable { line: line_no, reason: "unknown metric type" })?;
+            self.start_family(name, kind);
+            return Ok(());
+        }
+        // HELP/UNIT: belongs to the open family if it names it, else to the next one.
+        if self.family.as_ref().is_some_and(|f| f.name == name) {
+            self.emit_metadata(keyword, rest);
+        } else {
+            self.finish_family();
+            if self.pending.first().is_some_and(|(_, n)| n != name) {
+                self.flush_pending();
+            }
+            if self.pending.is_empty() {
+                self.pending.push(("NAME".into(), name.to_string()));
+            }
+            self.pending.push((keyword.to_string(), rest.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Emits metadata of a metric that never got a TYPE line or a sample.
+    fn flush_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let Some((_, name)) = pending.first() else { return };
+        self.open(&name.clone(), Kind::Unknown);
+        for (keyword, rest) in pending.into_iter().skip(1) {
+            self.emit_metadata(&keyword, &rest);
+        }
+    }
+
+    fn start_family(&mut self, name: &str, kind: Kind) {
+        self.finish_family();
+        let pending_name = self.pending.first().map(|(_, n)| n.clone());
+        let pending = if pending_name.as_deref() == Some(name) { std::mem::take(&mut self.pending) } else { Vec::new() };
+        self.pending.clear();
+        self.open(name, kind);
+        // Metadata that came before the TYPE line keeps its place.
+        for (keyword, rest) in pending.into_iter().skip(1) {
+            self.emit_metadata(&keyword, &rest);
+        }
+        self.emit_type(kind);
+    }
+
+    /// Opens family `name`: decides keep/drop, its new name and the labels to drop.
+    fn open(&mut self, name: &str, kind: Kind) {
+        let rw = self.rw;
+        // Rules see counters as `x_total` in both formats (OpenMetrics types them as `x`).
+        let om_counter = self.format == Format::OpenMetrics && kind == Kind::Counter;
+        let key = if om_counter { format!("{name}_total") } else { name.to_string() };
+        let renamed = rw.renamed(&key).or_else(|| {
+            // A text-format `x_created` gauge follows its counter `x_total`.
+            let base = key.strip_suffix("_created")?;
+            let counter = rw.renamed(&format!("{base}_total"))?;
+            Some(format!("{}_created", counter.strip_suffix("_total").unwrap_or(&counter)))
+        });
+        let new_key = renamed.unwrap_or_else(|| key.clone());
+        let new_name = if om_counter { new_key.strip_suffix("_total").unwrap_or(&new_key).to_string() } else { new_key.clone() };
+        let keep = rw.keeps(&key);
+        if !keep {
+            self.stats.families_dropped += 1;
+        }
+        self.family = Some(Family {
+            name: name.to_string(),
+            kind,
+            drops: rw.drops_for(&new_key),
+            new_name,
+            keep,
+            held: Vec::new(),
+            held_index: HashMap::new(),
+            held_plain: Vec::new(),
+            refuse: false,
+        });
+    }
+
+    fn emit_type(&mut self, kind: Kind) {
+        let Some(family) = &self.family else { return };
+        if !family.keep {
+            return;
+        }
+        let kind_text = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+            Kind::GaugeHistogram => "gaugehistogram",
+            Kind::Summary => "summary",
+            Kind::Info => "info",
+            Kind::StateSet => "stateset",
+            Kind::Unknown if self.format == Format::OpenMetrics => "unknown",
+            Kind::Unknown => "untyped",
+        };
+        let line = format!("# TYPE {} {kind_text}\n", family.new_name);
+        self.out.extend_from_slice(line.as_bytes());
+    }
+
+    fn emit_metadata(&mut self, keyword: &str, rest: &str) {
+        let Some(family) = &self.family else { return };
+        if !family.keep {
+            return;
+        }
+        let line = if rest.is_empty() { format!("# {keyword} {}\n", family.new_name) } else { format!("# {keyword} {} {rest}\n", family.new_name) };
+        self.out.extend_from_slice(line.as_bytes());
+    }
+
+    /// The suffix of `sample_name` within the open family, if it belongs to it.
+    fn suffix_in_family<'s>(&self, sample_name: &'s str) -> Option<&'s str> {
+        let family = self.family.as_ref()?;
+        let rest = sample_name.strip_prefix(family.name.as_str())?;
+        family.kind.suffixes().contains(&rest).then_some(rest)
+    }
+
+    fn sample(&mut self, sample: Sample<'_>, line_no: usize) -> Result<(), Unparsable> {
+        let suffix = match self.suffix_in_family(sample.name) {
+            Some(s) => s.to_string(),
+            None => {
+                // An untyped sample (text format): its own family, metadata from `pending`.
+                let pending = std::mem::take(&mut self.pending);
+                self.finish_family();
+                self.open(sample.name, Kind::Unknown);
+                if pending.first().is_some_and(|(_, n)| n == sample.name) {
+                    for (keyword, rest) in pending.into_iter().skip(1) {
+                        self.emit_metadata(&keyword, &rest);
+                    }
+                }
+                String::new()
+            }
+        };
+        let rw = self.rw;
+        let Some(family) = &self.family else { return Ok(()) };
+        if !family.keep {
+            return Ok(());
+        }
+        // Drop series (original label names and values).
+        for (label, regex) in &rw.drop_series {
+            if let Some((_, raw)) = sample.labels.iter().find(|(n, _)| n == label) {
+                if regex.is_match(&unescape_label_value(raw)) {
+                    self.stats.series_dropped += 1;
+                    return Ok(());
+                }
+            }
+        }
+        // Labels: rename, map values, inject (drops are applied per family below).
+        self.labels.clear();
+        for (name, raw) in &sample.labels {
+            let name = rw.label_renames.get(*name).map_or(*name, String::as_str);
+            if self.labels.iter().any(|(n, _)| n == name) {
+                return Err(Unparsable { line: line_no, reason: "label renamed onto another label of the same series" });
+            }
+            let value = match rw.value_maps.get(name) {
+                None => raw.to_string(),
+                Some(rule) => map_value(rule, raw),
+            };
+            self.labels.push((name.to_string(), value));
+        }
+        for inject in &rw.injects {
+            match self.labels.iter_mut().find(|(n, _)| *n == inject.name) {
+                Some((_, value)) if inject.overwrite => *value = inject.escaped_value.clone(),
+                Some(_) => {}
+                None => self.labels.push((inject.name.clone(), inject.escaped_value.clone())),
+            }
+        }
+        let new_sample_name = format!("{}{suffix}", family.new_name);
+        self.emitted.insert(required_name(&family.new_name, family.kind, self.format));
+        if family.drops.is_empty() {
+            write_sample(&mut self.out, &new_sample_name, &self.labels, sample.rest);
+            return Ok(());
+        }
+        self.hold(new_sample_name, sample.rest, &suffix, line_no)
+    }
+
+    /// Buffers a sample of a family whose dropped labels may merge series.
+    fn hold(&mut self, name: String, rest: &str, suffix: &str, line_no: usize) -> Result<(), Unparsable> {
+        let Some(family) = self.family.as_mut() else { return Ok(()) };
+        write_sample(&mut family.held_plain, &name, &self.labels, rest);
+        let kept: Vec<(String, String)> = self.labels.iter().filter(|(n, _)| !family.drops.contains(n)).cloned().collect();
+        let mut key = Vec::new();
+        write_sample(&mut key, &name, &kept, "");
+        let key = String::from_utf8(key).unwrap_or_default();
+        let value_text = rest.split_whitespace().next().ok_or(Unparsable { line: line_no, reason: "sample without value" })?;
+        let value = line::parse_value(value_text).ok_or(Unparsable { line: line_no, reason: "sample value is not a number" })?;
+        let created = suffix == "_created";
+        let summable = match family.kind {
+            Kind::Counter | Kind::Histogram => true,
+            Kind::Summary => suffix == "_sum" || suffix == "_count" || created,
+            _ => false,
+        };
+        match family.held_index.get(&key) {
+            Some(&i) => {
+                if !summable {
+                    family.refuse = true;
+                }
+                let entry = &mut family.held[i];
+                entry.1 = if created { entry.1.min(value) } else { entry.1 + value };
+                self.stats.series_aggregated += 1;
+            }
+            None => {
+                family.held_index.insert(key.clone(), family.held.len());
+                family.held.push((key, value, created));
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the open family's held-back samples (aggregated, or as they were if refused).
+    fn finish_family(&mut self) {
+        let Some(family) = self.family.take() else { return };
+        if family.held.is_empty() {
+            return;
+        }
+        if family.refuse {
+            self.stats.aggregation_refused += 1;
+            self.out.extend_from_slice(&family.held_plain);
+            return;
+        }
+        for (key, value, _) in &family.held {
+            self.out.extend_from_slice(key.as_bytes());
+            self.out.push(b' ');
+            self.out.extend_from_slice(line::format_value(*value).as_bytes());
+            self.out.push(b'\n');
+        }
+    }
+}
+
+/// The name `require_metrics` knows a family by (counters with `_total`, others by their name).
+fn required_name(family: &str, kind: Kind, format: Format) -> String {
+    if kind == Kind::Counter && format == Format::OpenMetrics {
+        format!("{family}_total")
+    } else {
+        family.to_string()
+    }
+}
+
+fn map_value(rule: &ValueRule, raw: &str) -> String {
+    let value = unescape_label_value(raw);
+    let mapped = match rule {
+        ValueRule::Table(table) => table.get(value.as_ref()).cloned(),
+        ValueRule::Regex(regex, to) => regex.captures(&value).map(|caps| {
+            let mut out = String::new();
+            caps.expand(to, &mut out);
+            out
+        }),
+    };
+    match mapped {
+        Some(v) => escape_label_value(&v),
+        None => raw.to_string(),
+    }
+}
+
+/// Writes `name{labels}rest\n` (labels already escaped; `{}` left out when there are none).
+fn write_sample(out: &mut Vec<u8>, name: &str, labels: &[(String, String)], rest: &str) {
+    out.extend_from_slice(name.as_bytes());
+    if !labels.is_empty() {
+        out.push(b'{');
+        for (i, (n, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b"=\"");
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    if !rest.is_empty() {
+        if !rest.starts_with(' ') {
+            out.push(b' ');
+        }
+        out.extend_from_slice(rest.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests;
