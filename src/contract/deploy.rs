@@ -20,6 +20,8 @@ pub struct Deployment {
     pub client: Option<PluginConfig>,
     pub workload: Workload,
     pub autoscaling: Option<Autoscaling>,
+    /// The app's metrics port, when the contract rewrites the app's exposition.
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -110,6 +112,13 @@ pub fn lower(contract: &Contract, server: &PluginConfig, report: &mut dyn Report
         client: client_config(contract, server, report),
         workload: workload(contract, report),
         autoscaling: contract.autoscaling.as_ref().and_then(|a| autoscaling(a, server, report)),
+        metrics_port: contract.exposition.as_ref().and_then(|e| {
+            let port = e.value.port.as_ref()?;
+            if port.value == 0 {
+                report.error(&port.referenced, "port must be between 1 and 65535".into());
+            }
+            Some(port.value)
+        }),
     }
 }
 

@@ -153,7 +153,7 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report, warn: &mut d
                 None => true,
                 Some(patterns) => patterns.iter().any(|p| regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|r| r.is_match(name))),
             };
-            if applies && matches!(*kind, "gauge" | "summary" | "info" | "stateset") {
+            if applies && matches!(*kind, "gauge" | "info" | "stateset") {
                 report.error(
                     &l.value.label.referenced,
                     format!("dropping `{}` would have to aggregate `{name}`, a {kind}, whose series cannot be summed; limit the drop with `metrics:`", l.value.label.value),

@@ -56,6 +56,10 @@ pub struct Contract {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpositionDef {
+    /// The app's metrics port: `render` annotates the pod for scraping on it and lets plaintext
+    /// scrapes through mTLS there.
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
     /// Paths of the app's metrics endpoint(s) (GET, query ignored). Default `[/metrics]`.
     #[serde(default)]
     pub paths: Option<Vec<Spanned<String>>>,
@@ -165,8 +169,9 @@ pub enum ConflictDef {
 #[serde(deny_unknown_fields)]
 pub struct RequireDef {
     pub name: Spanned<String>,
-    /// `counter`, `gauge`, `histogram`, `summary`: a label drop on a required gauge or summary
-    /// is refused, since its series cannot be summed.
+    /// `counter`, `gauge`, `histogram`, `summary`: a label drop on a required gauge is refused
+    /// at check time, since gauge series cannot be summed (summary quantiles are kept apart at
+    /// rewrite time for the same reason).
     #[serde(default, rename = "type")]
     pub kind: Option<Spanned<String>>,
 }

@@ -266,6 +266,16 @@ pub fn pod_annotations(inputs: &Inputs) -> Rendered {
             json!(json!({"metricpact-wasm": {"mountPath": DEFAULT_WASM_DIR, "readOnly": true}}).to_string()),
         );
     }
+    if let Some(exposition) = &inputs.server.exposition {
+        // The app's own /metrics must reach the sidecar: with merging on, istio-agent scrapes the
+        // app over localhost and bypasses Envoy.
+        annotations.insert("prometheus.istio.io/merge-metrics".into(), json!("false"));
+        if let Some(port) = inputs.deployment.metrics_port {
+            annotations.insert("prometheus.io/scrape".into(), json!("true"));
+            annotations.insert("prometheus.io/port".into(), json!(port.to_string()));
+            annotations.insert("prometheus.io/path".into(), json!(exposition.paths.first().cloned().unwrap_or_default()));
+        }
+    }
     let target = inputs.target.as_ref().map_or("<deployment>".to_string(), |t| t.name.clone());
     let namespace = inputs.namespace.clone().unwrap_or_else(|| "<namespace>".into());
     let mut template = json!({"metadata": {"annotations": annotations}});
@@ -286,10 +296,39 @@ pub fn pod_annotations(inputs: &Inputs) -> Rendered {
     }
 }
 
+/// PeerAuthentication letting Prometheus' plaintext scrape reach the app's metrics port through
+/// the sidecar under STRICT mTLS (the rest of the pod keeps the namespace's mode).
+pub fn peer_authentication(inputs: &Inputs) -> Option<Rendered> {
+    inputs.server.exposition.as_ref()?;
+    let port = inputs.deployment.metrics_port?;
+    // Istio accepts port-level mTLS only with a workload selector.
+    if inputs.selector.is_empty() {
+        return None;
+    }
+    let spec = json!({
+        "selector": {"matchLabels": inputs.selector},
+        "portLevelMtls": {port.to_string(): {"mode": "PERMISSIVE"}},
+    });
+    Some(Rendered {
+        file: "peer-authentication.yaml",
+        comment: format!("Lets Prometheus scrape the app's metrics port ({port}) in plaintext through the sidecar, which rewrites\nthe exposition; other ports keep the namespace's mTLS mode.\nkubectl apply -f peer-authentication.yaml"),
+        documents: vec![json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": inputs.metadata(&format!("{}-metrics", inputs.object_name())),
+            "spec": spec,
+        })],
+    })
+}
+
 pub fn mesh_config(inputs: &Inputs) -> Rendered {
+    let mut mesh = json!({"defaultConfig": {"extraStatTags": extra_stat_tags(inputs)}});
+    if inputs.server.exposition.is_some() {
+        mesh["enablePrometheusMerge"] = json!(false);
+    }
     Rendered {
         file: "mesh-config.yaml",
         comment: "Mesh-wide alternative to the extraStatTags annotation: istiod Helm values (or the\nspec of an IstioOperator). Histogram buckets have no mesh-wide ProxyConfig field: keep the\nsidecar.istio.io/statsHistogramBuckets annotation from pod-annotations.yaml.\nhelm upgrade istiod istio/istiod -n istio-system --reuse-values -f mesh-config.yaml".into(),
-        documents: vec![json!({"meshConfig": {"defaultConfig": {"extraStatTags": extra_stat_tags(inputs)}}})],
+        documents: vec![json!({"meshConfig": mesh})],
     }
 }

@@ -87,6 +87,7 @@ pub fn render(inputs: &Inputs) -> Vec<Rendered> {
         autoscaling::recording_rules(inputs),
         autoscaling::adapter_rules(inputs),
     ];
+    files.extend(istio::peer_authentication(inputs));
     if inputs.target.is_some() && inputs.deployment.autoscaling.is_some() {
         files.push(autoscaling::hpa(inputs));
         files.push(autoscaling::keda(inputs));

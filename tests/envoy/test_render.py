@@ -102,7 +102,14 @@ class Expected:
 
     @property
     def files(self) -> set:
-        return BASE_FILES | (AUTOSCALING_FILES if self.target and self.autoscaling else set())
+        files = BASE_FILES | (AUTOSCALING_FILES if self.target and self.autoscaling else set())
+        if self.exposition_port() and {k for k in self.selector if k != "metricpact.io/wasm"}:
+            files |= {"peer-authentication.yaml"}
+        return files
+
+    def exposition_port(self):
+        """The app's metrics port, when the contract rewrites the app's exposition."""
+        return (self.contract.get("exposition") or {}).get("port")
 
     def label_names(self) -> list:
         names = [label["name"] for label in self.contract.get("labels") or []]
@@ -390,6 +397,23 @@ def crd_errors(obj: dict) -> list:
     return errors
 
 
+def peer_authentication_errors(obj: dict) -> list:
+    """security.istio.io/v1 PeerAuthentication: no CRD schema is available here (shared/schemas
+    has none), so its fields are checked by hand against istio/api security/v1/peer_authentication.proto."""
+    errors = []
+    spec = obj.get("spec", {})
+    if set(spec) - {"selector", "mtls", "portLevelMtls"}:
+        errors.append(f"/spec: unknown fields {sorted(set(spec) - {'selector', 'mtls', 'portLevelMtls'})}")
+    for port, mtls in spec.get("portLevelMtls", {}).items():
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            errors.append(f"/spec/portLevelMtls: {port!r} is not a port number")
+        if mtls != {"mode": mtls.get("mode")} or mtls.get("mode") not in ("UNSET", "DISABLE", "PERMISSIVE", "STRICT"):
+            errors.append(f"/spec/portLevelMtls/{port}: {mtls!r}")
+    if "portLevelMtls" in spec and not spec.get("selector"):
+        errors.append("/spec: portLevelMtls requires a workload selector")
+    return errors + metadata_errors(obj.get("metadata", {}))
+
+
 def k8s_errors(obj: dict) -> list:
     """A built-in kind against the Kubernetes OpenAPI schema (strict: unknown fields refused)."""
     try:
@@ -402,6 +426,8 @@ def k8s_errors(obj: dict) -> list:
 
 def object_errors(obj: dict) -> list:
     """A custom resource against its CRD, a built-in kind against Kubernetes' schema."""
+    if (obj.get("apiVersion"), obj.get("kind")) == ("security.istio.io/v1", "PeerAuthentication"):
+        return peer_authentication_errors(obj)
     group = obj["apiVersion"].split("/")[0]
     return crd_errors(obj) if "." in group and not group.endswith("k8s.io") else k8s_errors(obj)
 
@@ -570,7 +596,8 @@ def test_metadata_namespace_and_selector(rendered, case):
                 continue
             meta = obj["metadata"]
             assert meta["namespace"] == expected.namespace
-            assert meta["name"] in (expected.object_name, f"{expected.object_name}-client")
+            assert meta["name"] in (expected.object_name, f"{expected.object_name}-client",
+                                    f"{expected.object_name}-metrics")
             assert meta["labels"] == {"app.kubernetes.io/name": "metricpact", "app.kubernetes.io/managed-by": "metricpact"}
             assert meta["annotations"] == {"metricpact.io/contract": f"{contract['name']} {contract['version']}",
                                            "metricpact.io/contract-hash": contract["hash"]}
@@ -654,7 +681,10 @@ def test_proxy_config_extracts_every_label_and_buckets_the_histograms(rendered, 
     tags = expected.extra_stat_tags()
     proxy_config = yaml.safe_load(annotations["proxy.istio.io/config"])
     assert proxy_config == {"extraStatTags": tags}
-    assert r.one("mesh-config.yaml") == {"meshConfig": {"defaultConfig": {"extraStatTags": tags}}}
+    mesh = {"defaultConfig": {"extraStatTags": tags}}
+    if expected.contract.get("exposition"):
+        mesh["enablePrometheusMerge"] = False
+    assert r.one("mesh-config.yaml") == {"meshConfig": mesh}
     # Tag names are spliced unescaped into unanchored regexes (see reference/istio.md).
     assert len(set(tags)) == len(tags)
     for tag in tags:
@@ -675,9 +705,24 @@ def test_proxy_config_extracts_every_label_and_buckets_the_histograms(rendered, 
     stats = json.loads(harness.run_cli("envoy-stats", str(case[0])).stdout)
     assert [t["tag_name"] for t in stats["stats_tags"]] == tags
     assert {s["match"]["prefix"]: s["buckets"] for s in stats["histogram_bucket_settings"]}.items() <= buckets.items()
+    # A contract that rewrites the app's exposition turns metrics merging off (the scrape must
+    # pass the sidecar) and annotates the metrics port for scraping.
+    exposition = expected.contract.get("exposition")
+    scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.")}
+    if exposition:
+        port = expected.exposition_port()
+        assert scrape == {"prometheus.istio.io/merge-metrics": "false", "prometheus.io/scrape": "true",
+                          "prometheus.io/port": str(port), "prometheus.io/path": exposition["paths"][0]}
+        if expected.selector:
+            pa = r.one("peer-authentication.yaml")
+            assert pa["spec"] == {"portLevelMtls": {str(port): {"mode": "PERMISSIVE"}},
+                                  "selector": {"matchLabels": {k: v for k, v in expected.selector.items()
+                                                               if k != "metricpact.io/wasm"}}}
+    else:
+        assert scrape == {}
     # File mode mounts the module; remote mode needs no volume.
     if expected.remote:
-        assert set(annotations) == {"proxy.istio.io/config", "sidecar.istio.io/statsHistogramBuckets"}
+        assert set(annotations) - set(scrape) == {"proxy.istio.io/config", "sidecar.istio.io/statsHistogramBuckets"}
     else:
         volume = json.loads(annotations["sidecar.istio.io/userVolume"])
         mount = json.loads(annotations["sidecar.istio.io/userVolumeMount"])
