@@ -253,15 +253,20 @@ fn response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
 }
 
-/// The current stream's request, read lazily through hostcalls.
-struct HostRequest;
+/// The current stream's request, read lazily through hostcalls; `:method` and `:path` are kept
+/// once read, since both the labels and the scrape check want them.
+#[derive(Default)]
+struct HostRequest {
+    method: std::cell::OnceCell<Option<Vec<u8>>>,
+    path: std::cell::OnceCell<Option<Vec<u8>>>,
+}
 
 impl RequestAttributes for HostRequest {
     fn method(&self) -> Option<Vec<u8>> {
-        request_header(":method")
+        self.method.get_or_init(|| request_header(":method")).clone()
     }
     fn path(&self) -> Option<Vec<u8>> {
-        request_header(":path")
+        self.path.get_or_init(|| request_header(":path")).clone()
     }
     fn scheme(&self) -> Option<Vec<u8>> {
         request_header(":scheme")
@@ -314,15 +319,16 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let request = HostRequest::default();
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             if engine.records_duration() {
                 self.started_nanos = now_nanos();
             }
-            self.flight = Some(engine.start(&mut EnvoyStats, &HostRequest));
+            self.flight = Some(engine.start(&mut EnvoyStats, &request));
         }
         if let Some(exposition) = &self.exposition {
-            let is_get = request_header(":method").is_some_and(|m| m == b"GET");
-            if is_get && request_header(":path").is_some_and(|p| exposition.is_scrape(&p)) {
+            let is_get = request.method().is_some_and(|m| m == b"GET");
+            if is_get && request.path().is_some_and(|p| exposition.is_scrape(&p)) {
                 // Ask the app for a text format we can rewrite, uncompressed; keep OpenMetrics if
                 // the scraper takes it.
                 let accept = request_header("accept").unwrap_or_default();
@@ -412,7 +418,7 @@ impl HttpContext for Stream {
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             let flight = match self.flight.take() {
                 Some(flight) => flight,
-                None => engine.late_flight(&mut EnvoyStats, &HostRequest),
+                None => engine.late_flight(&mut EnvoyStats, &HostRequest::default()),
             };
             let response = HostResponse { status: self.status, started_nanos: self.started_nanos };
             engine.finish(&mut EnvoyStats, flight, &response);
