@@ -47,6 +47,8 @@ pub struct RouteMatcher {
     /// Rule index of each regex.
     regex_rule: Vec<usize>,
     any_literal: bool,
+    /// Reused per-pattern match flags, so routing a path allocates nothing.
+    scratch: std::cell::RefCell<Vec<bool>>,
 }
 
 /// Anchors a contract regex so it must match the whole path.
@@ -135,7 +137,8 @@ impl RouteMatcher {
         }
         let set = RegexSet::new(&patterns).map_err(|e| RouteError { rule: 0, message: e.to_string() })?;
         let any_literal = compiled.iter().any(|r| !matches!(r.matcher, Matcher::Regex(_)));
-        Ok(RouteMatcher { rules: compiled, set, regexes, regex_rule, any_literal })
+        let scratch = std::cell::RefCell::new(vec![false; regexes.len()]);
+        Ok(RouteMatcher { rules: compiled, set, regexes, regex_rule, any_literal, scratch })
     }
 
     /// The template of rule `index` (for rules that do not expand captures).
@@ -154,7 +157,10 @@ impl RouteMatcher {
         let first_regex = if self.regexes.is_empty() {
             None
         } else {
-            self.set.matches(path).iter().next().map(|i| self.regex_rule[i])
+            let mut flags = self.scratch.borrow_mut();
+            flags.iter_mut().for_each(|f| *f = false);
+            self.set.matches_read_at(&mut flags, path, 0);
+            flags.iter().position(|&hit| hit).map(|i| self.regex_rule[i])
         };
         // Literal rules before the first matching regex win, keeping contract order.
         let limit = first_regex.unwrap_or(self.rules.len());
