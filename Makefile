@@ -55,9 +55,10 @@ envoyfilter: cli
 	$(CLI) render --contract contracts/rest-api.yaml --out envoyfilter/examples/orders-api \
 	  --wasm-url $(EXAMPLE_WASM_URL) --wasm-sha256 $(EXAMPLE_WASM_SHA256)
 
-## bench: Envoy CPU per request with and without metricpact, side by side
+## bench: Envoy CPU per request with and without metricpact, and exposition rewrite throughput
 bench: build
 	$(PYTHON) tests/bench/cpu_per_request.py --rounds 5 --seconds 5
+	$(PYTHON) tests/bench/rewrite_throughput.py
 
 clean:
 	$(CARGO) clean
