@@ -329,11 +329,12 @@ impl HttpContext for Stream {
         if let Some(exposition) = &self.exposition {
             let is_get = request.method().is_some_and(|m| m == b"GET");
             if is_get && request.path().is_some_and(|p| exposition.is_scrape(&p)) {
-                // Ask the app for a text format we can rewrite, uncompressed; keep OpenMetrics if
-                // the scraper takes it.
-                let accept = request_header("accept").unwrap_or_default();
-                let wants_om = accept.windows(11).any(|w| w == b"openmetrics");
-                raw::set_request_header("accept", if wants_om { SCRAPE_ACCEPT } else { "text/plain;version=0.0.4" });
+                // Ask the app for the text format, uncompressed. The response headers leave before
+                // the body can be read (proxy-wasm cannot hold them and still see the body without
+                // allow_on_headers_stop_iteration), so the format must be known from them: text is
+                // what every client library speaks, and an app that sends OpenMetrics anyway either
+                // says so in its Content-Type or gets converted to text.
+                raw::set_request_header("accept", SCRAPE_ACCEPT);
                 raw::set_request_header("accept-encoding", "identity");
                 self.scrape = Some(Scrape { exposition: exposition.clone(), format: None });
             }
@@ -369,10 +370,7 @@ impl HttpContext for Stream {
         // Envoy sends these headers before the body can be rewritten, so they are fixed now: the
         // format follows what the app declared (the body is rewritten in that format), and the
         // length goes, since it changes (HTTP/1.1 then uses chunked encoding).
-        let format = match content_type.as_deref() {
-            Some(c) if c.trim_start().starts_with("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Text,
-        };
+        let format = Format::announced(content_type.as_deref());
         raw::set_response_header("content-type", format.content_type());
         raw::remove_response_header("content-length");
         scrape.format = Some(format);
@@ -409,6 +407,7 @@ impl HttpContext for Stream {
                     }
                 }
             }
+            Err(e) if e.line == 0 && e.reason.contains("larger than") => exposition.count(TOO_LARGE),
             Err(_) => exposition.count(UNPARSABLE),
         }
         Action::Continue

@@ -55,7 +55,10 @@ enum Command {
         contract: PathBuf,
         /// Saved exposition; `-` or nothing reads stdin.
         file: Option<PathBuf>,
-        /// The Content-Type the app sent (decides the format when it is OpenMetrics).
+        /// The Content-Type the app sent: the output format is then decided as the sidecar decides
+        /// it (OpenMetrics only when this says so; an OpenMetrics body announced otherwise is
+        /// converted to text); `none` stands for a response without one. Without this option,
+        /// the format is detected from the body.
         #[arg(long)]
         content_type: Option<String>,
         /// Values for node metadata sources of injected labels, KEY=VALUE or KEY.FIELD=VALUE.
@@ -272,7 +275,13 @@ fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Opti
             std::io::stdin().read_to_end(&mut body)?;
         }
     }
-    match rewriter.rewrite(&body, content_type.as_deref()) {
+    let format = match content_type.as_deref() {
+        // `none`: the app sent no Content-Type, which the sidecar announces as text.
+        Some("none") | Some("") => metricpact::exposition::Format::announced(None),
+        Some(ct) => metricpact::exposition::Format::announced(Some(ct)),
+        None => metricpact::exposition::Format::detect(None, &body),
+    };
+    match rewriter.rewrite_as(&body, format) {
         Ok(rewritten) => {
             out.write_all(&rewritten.body)?;
             let stats = &rewritten.stats;

@@ -63,7 +63,7 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report, warn: &mut d
         }
         Some(m) => {
             if m.value > 1 << 20 {
-                warn(&m.referenced, "above 1 MiB: raise the listener's per_connection_buffer_limit_bytes too, or Envoy answers 500 for bodies over its buffer".into());
+                warn(&m.referenced, "above 1 MiB: raise the listener's per_connection_buffer_limit_bytes above it too, or Envoy resets scrapes whose body outgrows its buffer".into());
             }
             m.value
         }

@@ -132,3 +132,19 @@ pub fn escape_label_value(value: &str) -> String {
     }
     out
 }
+
+/// Converts what follows an OpenMetrics sample's labels (` value [timestamp] [# exemplar]`) into
+/// the text format: the exemplar goes, the timestamp turns from seconds into milliseconds.
+pub fn openmetrics_rest_to_text(rest: &str) -> Option<String> {
+    let without_exemplar = rest.split(" # ").next().unwrap_or(rest);
+    let mut parts = without_exemplar.split_whitespace();
+    let value = parts.next()?;
+    parse_value(value)?;
+    match parts.next() {
+        None => Some(format!(" {value}")),
+        Some(ts) => {
+            let seconds: f64 = ts.parse().ok()?;
+            Some(format!(" {value} {}", (seconds * 1000.0).round() as i64))
+        }
+    }
+}

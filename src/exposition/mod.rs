@@ -7,6 +7,7 @@
 
 mod line;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -18,8 +19,9 @@ use line::{escape_label_value, parse_sample, unescape_label_value, Sample};
 /// Content types of the two formats the rewriter reads and writes.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// What a scrape through the sidecar asks the app for: formats the rewriter can read.
-pub const SCRAPE_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.8";
+/// What a scrape through the sidecar asks the app for: the text format, which every client
+/// library serves and whose Content-Type the filter can commit to before the body arrives.
+pub const SCRAPE_ACCEPT: &str = "text/plain;version=0.0.4";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -39,6 +41,15 @@ impl Format {
             Format::OpenMetrics
         } else {
             Format::Text
+        }
+    }
+
+    /// The format the sidecar announces for a response with this Content-Type, before it has
+    /// seen the body: OpenMetrics only when the app says so, text otherwise.
+    pub fn announced(content_type: Option<&str>) -> Format {
+        match content_type {
+            Some(c) if c.trim_start().starts_with("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
         }
     }
 
@@ -228,7 +239,10 @@ impl Rewriter {
         self.rewrite_as(body, Format::detect(content_type, body))
     }
 
-    /// Rewrites a body read, and written, as `format`.
+    /// Rewrites a body and writes it as `format` (the format already announced to the scraper).
+    /// An OpenMetrics body to be written as text is converted: `# EOF` and `# UNIT` go, info and
+    /// stateset become gauges, counters are typed by their `_total` name, exemplars are dropped and
+    /// timestamps turn from seconds into milliseconds.
     pub fn rewrite_as(&self, body: &[u8], format: Format) -> Result<Rewritten, Unparsable> {
         if body.len() > self.max_body_bytes {
             return Err(Unparsable { line: 0, reason: "body larger than max_body_bytes" });
@@ -237,7 +251,12 @@ impl Rewriter {
             line: body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1,
             reason: "not valid UTF-8",
         })?;
-        let mut run = Run::new(self, format, text.len());
+        let input = Format::detect(None, body);
+        if format == Format::OpenMetrics && input != Format::OpenMetrics {
+            return Err(Unparsable { line: 0, reason: "OpenMetrics body without # EOF (truncated?)" });
+        }
+        let mut run = Run::new(self, input, text.len());
+        run.output = format;
         let mut saw_eof = false;
         for (index, raw) in text.split_inclusive('\n').enumerate() {
             let line_no = index + 1;
@@ -245,7 +264,7 @@ impl Rewriter {
             if saw_eof {
                 return Err(Unparsable { line: line_no, reason: "content after # EOF" });
             }
-            if !raw.ends_with('\n') && format == Format::Text && !line.is_empty() {
+            if !raw.ends_with('\n') && input == Format::Text && !line.is_empty() {
                 // A text exposition ends with a newline; a missing one means a truncated body.
                 return Err(Unparsable { line: line_no, reason: "last line is not terminated (truncated body?)" });
             }
@@ -254,17 +273,23 @@ impl Rewriter {
                 run.finish_family();
                 run.flush_pending();
                 run.finish_family();
-                run.out.extend_from_slice(b"# EOF\n");
+                if format == Format::OpenMetrics {
+                    run.out.extend_from_slice(b"# EOF\n");
+                }
                 continue;
             }
             run.line(line, line_no)?;
         }
-        if format == Format::OpenMetrics && !saw_eof {
+        if input == Format::OpenMetrics && !saw_eof {
             return Err(Unparsable { line: 0, reason: "OpenMetrics body without # EOF (truncated?)" });
         }
         run.finish_family();
         run.flush_pending();
         run.finish_family();
+        if run.out.len() > self.max_body_bytes {
+            // Envoy buffers the rewritten body too: never hand it more than the contract allows.
+            return Err(Unparsable { line: 0, reason: "rewritten body larger than max_body_bytes" });
+        }
         let missing_required = self
             .required
             .iter()
@@ -326,25 +351,42 @@ struct Family {
     keep: bool,
     /// Labels to drop (with aggregation) in this family.
     drops: Vec<String>,
+    /// Samples are held and merged (labels dropped, or values mapped onto each other).
+    hold: bool,
+    /// A text-format `x_created` gauge that belongs to counter/histogram/summary `x`.
+    created_companion: bool,
+    #[allow(dead_code)]
+    unit_ok: bool,
     /// Held-back output of a family being aggregated: (series key, value, is_created).
     held: Vec<(String, f64, bool)>,
     held_index: HashMap<String, usize>,
-    /// Un-aggregated output of the same samples, used if aggregation must be refused.
+    /// The same samples with unmapped values and all labels, used if aggregation is refused.
     held_plain: Vec<u8>,
+    /// The same samples rewritten but not merged (timestamps and exemplars intact), used when no
+    /// two series collided.
+    held_exact: Vec<u8>,
+    collided: bool,
     refuse: bool,
 }
 
 /// State of one rewrite.
 struct Run<'r> {
     rw: &'r Rewriter,
+    /// Format of the body read.
     format: Format,
+    /// Format written.
+    output: Format,
     out: Vec<u8>,
     family: Option<Family>,
+    /// Match key of the previous family (to recognize `_created` companions).
+    last_family: Option<String>,
     /// Metadata lines (HELP/UNIT) seen before their family's TYPE line or first sample.
     pending: Vec<(String, String)>,
     emitted: std::collections::HashSet<String>,
     stats: RewriteStats,
     labels: Vec<(String, String)>,
+    /// `labels` before value maps (for families that may have to fall back).
+    unmapped: Vec<(String, String)>,
 }
 
 impl<'r> Run<'r> {
@@ -352,12 +394,15 @@ impl<'r> Run<'r> {
         Run {
             rw,
             format,
+            output: format,
             out: Vec::with_capacity(size + size / 4),
             family: None,
+            last_family: None,
             pending: Vec::new(),
             emitted: std::collections::HashSet::new(),
             stats: RewriteStats::default(),
             labels: Vec::new(),
+            unmapped: Vec::new(),
         }
     }
 
@@ -438,30 +483,53 @@ impl<'r> Run<'r> {
     /// Opens family `name`: decides keep/drop, its new name and the labels to drop.
     fn open(&mut self, name: &str, kind: Kind) {
         let rw = self.rw;
-        // Rules see counters as `x_total` in both formats (OpenMetrics types them as `x`).
-        let om_counter = self.format == Format::OpenMetrics && kind == Kind::Counter;
-        let key = if om_counter { format!("{name}_total") } else { name.to_string() };
+        // Rules see families as the text format names them: OpenMetrics types a counter as `x`
+        // and an info metric as `x`, whose samples are `x_total` and `x_info`.
+        let om = self.format == Format::OpenMetrics;
+        let suffix = match kind {
+            Kind::Counter if om => "_total",
+            Kind::Info if om => "_info",
+            _ => "",
+        };
+        let key = format!("{name}{suffix}");
+        let mut companion = false;
         let renamed = rw.renamed(&key).or_else(|| {
-            // A text-format `x_created` gauge follows its counter `x_total`.
+            // A text-format `x_created` gauge belongs to counter `x_total`, or histogram/summary `x`.
             let base = key.strip_suffix("_created")?;
-            let counter = rw.renamed(&format!("{base}_total"))?;
-            Some(format!("{}_created", counter.strip_suffix("_total").unwrap_or(&counter)))
+            let parent = rw.renamed(&format!("{base}_total")).or_else(|| rw.renamed(base))?;
+            companion = true;
+            Some(format!("{}_created", parent.strip_suffix("_total").unwrap_or(&parent)))
         });
+        if !companion && kind == Kind::Gauge {
+            if let Some(base) = key.strip_suffix("_created") {
+                companion = self.last_family.as_deref().is_some_and(|prev| prev == base || prev == format!("{base}_total"));
+            }
+        }
         let new_key = renamed.unwrap_or_else(|| key.clone());
-        let new_name = if om_counter { new_key.strip_suffix("_total").unwrap_or(&new_key).to_string() } else { new_key.clone() };
+        let new_name = new_key.strip_suffix(suffix).filter(|_| !suffix.is_empty()).unwrap_or(&new_key).to_string();
         let keep = rw.keeps(&key);
         if !keep {
             self.stats.families_dropped += 1;
         }
+        // A companion `_created` gauge loses the labels its parent loses, keeping the earliest time.
+        let drops_key = if companion { new_key.strip_suffix("_created").unwrap_or(&new_key).to_string() } else { new_key.clone() };
+        let drops = rw.drops_for(&drops_key);
+        let hold = !drops.is_empty() || !rw.value_maps.is_empty();
+        self.last_family = Some(key.clone());
         self.family = Some(Family {
             name: name.to_string(),
             kind,
-            drops: rw.drops_for(&new_key),
+            drops,
+            hold,
+            created_companion: companion,
+            unit_ok: true,
             new_name,
             keep,
             held: Vec::new(),
             held_index: HashMap::new(),
             held_plain: Vec::new(),
+            held_exact: Vec::new(),
+            collided: false,
             refuse: false,
         });
     }
@@ -471,18 +539,27 @@ impl<'r> Run<'r> {
         if !family.keep {
             return;
         }
+        let to_text = self.output == Format::Text;
         let kind_text = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
+            Kind::GaugeHistogram if to_text => "histogram",
             Kind::GaugeHistogram => "gaugehistogram",
             Kind::Summary => "summary",
+            Kind::Info | Kind::StateSet if to_text => "gauge",
             Kind::Info => "info",
             Kind::StateSet => "stateset",
-            Kind::Unknown if self.format == Format::OpenMetrics => "unknown",
+            Kind::Unknown if self.output == Format::OpenMetrics => "unknown",
             Kind::Unknown => "untyped",
         };
-        let line = format!("# TYPE {} {kind_text}\n", family.new_name);
+        // Converting OpenMetrics to text: the family takes its samples' name.
+        let suffix = match kind {
+            Kind::Counter if to_text && self.format == Format::OpenMetrics => "_total",
+            Kind::Info if to_text && self.format == Format::OpenMetrics => "_info",
+            _ => "",
+        };
+        let line = format!("# TYPE {}{suffix} {kind_text}\n", family.new_name);
         self.out.extend_from_slice(line.as_bytes());
     }
 
@@ -491,7 +568,19 @@ impl<'r> Run<'r> {
         if !family.keep {
             return;
         }
-        let line = if rest.is_empty() { format!("# {keyword} {}\n", family.new_name) } else { format!("# {keyword} {} {rest}\n", family.new_name) };
+        if keyword == "UNIT" {
+            // Text has no UNIT; and a renamed family must still end in its unit, or the line goes.
+            let unit = rest.trim();
+            if self.output == Format::Text || (!unit.is_empty() && !family.new_name.ends_with(&format!("_{unit}"))) {
+                return;
+            }
+        }
+        let suffix = match family.kind {
+            Kind::Counter if self.output == Format::Text && self.format == Format::OpenMetrics => "_total",
+            Kind::Info if self.output == Format::Text && self.format == Format::OpenMetrics => "_info",
+            _ => "",
+        };
+        let line = if rest.is_empty() { format!("# {keyword} {}{suffix}\n", family.new_name) } else { format!("# {keyword} {}{suffix} {rest}\n", family.new_name) };
         self.out.extend_from_slice(line.as_bytes());
     }
 
@@ -545,36 +634,48 @@ impl<'r> Run<'r> {
             };
             self.labels.push((name.to_string(), value));
         }
-        for inject in &rw.injects {
-            match self.labels.iter_mut().find(|(n, _)| *n == inject.name) {
-                Some((_, value)) if inject.overwrite => *value = inject.escaped_value.clone(),
-                Some(_) => {}
-                None => self.labels.push((inject.name.clone(), inject.escaped_value.clone())),
+        self.unmapped.clear();
+        if family.hold {
+            for (name, raw) in &sample.labels {
+                let name = rw.label_renames.get(*name).map_or(*name, String::as_str);
+                self.unmapped.push((name.to_string(), raw.to_string()));
             }
+        }
+        inject_into(&mut self.labels, &rw.injects);
+        if family.hold {
+            inject_into(&mut self.unmapped, &rw.injects);
         }
         let new_sample_name = format!("{}{suffix}", family.new_name);
         self.emitted.insert(required_name(&family.new_name, family.kind, self.format));
-        if family.drops.is_empty() {
-            write_sample(&mut self.out, &new_sample_name, &self.labels, sample.rest);
+        let rest = if self.output == Format::Text && self.format == Format::OpenMetrics {
+            Cow::Owned(line::openmetrics_rest_to_text(sample.rest).ok_or(Unparsable { line: line_no, reason: "malformed value or timestamp" })?)
+        } else {
+            Cow::Borrowed(sample.rest)
+        };
+        if !family.hold {
+            write_sample(&mut self.out, &new_sample_name, &self.labels, &rest);
             return Ok(());
         }
-        self.hold(new_sample_name, sample.rest, &suffix, line_no)
+        self.hold(new_sample_name, &rest, &suffix, line_no)
     }
 
     /// Buffers a sample of a family whose dropped labels may merge series.
     fn hold(&mut self, name: String, rest: &str, suffix: &str, line_no: usize) -> Result<(), Unparsable> {
         let Some(family) = self.family.as_mut() else { return Ok(()) };
-        write_sample(&mut family.held_plain, &name, &self.labels, rest);
+        // As the app had it (values unmapped, labels kept): what a refused family falls back to.
+        write_sample(&mut family.held_plain, &name, &self.unmapped, rest);
         let kept: Vec<(String, String)> = self.labels.iter().filter(|(n, _)| !family.drops.contains(n)).cloned().collect();
+        // Rewritten, with its timestamp and exemplar: what a family without collisions emits.
+        write_sample(&mut family.held_exact, &name, &kept, rest);
         let mut key = Vec::new();
         write_sample(&mut key, &name, &kept, "");
         let key = String::from_utf8(key).unwrap_or_default();
         let value_text = rest.split_whitespace().next().ok_or(Unparsable { line: line_no, reason: "sample without value" })?;
         let value = line::parse_value(value_text).ok_or(Unparsable { line: line_no, reason: "sample value is not a number" })?;
-        let created = suffix == "_created";
-        let summable = match family.kind {
+        let created = suffix == "_created" || family.created_companion;
+        let summable = created || match family.kind {
             Kind::Counter | Kind::Histogram => true,
-            Kind::Summary => suffix == "_sum" || suffix == "_count" || created,
+            Kind::Summary => suffix == "_sum" || suffix == "_count",
             _ => false,
         };
         match family.held_index.get(&key) {
@@ -582,6 +683,7 @@ impl<'r> Run<'r> {
                 if !summable {
                     family.refuse = true;
                 }
+                family.collided = true;
                 let entry = &mut family.held[i];
                 entry.1 = if created { entry.1.min(value) } else { entry.1 + value };
                 self.stats.series_aggregated += 1;
@@ -605,6 +707,10 @@ impl<'r> Run<'r> {
             self.out.extend_from_slice(&family.held_plain);
             return;
         }
+        if !family.collided {
+            self.out.extend_from_slice(&family.held_exact);
+            return;
+        }
         for (key, value, _) in &family.held {
             self.out.extend_from_slice(key.as_bytes());
             self.out.push(b' ');
@@ -616,10 +722,20 @@ impl<'r> Run<'r> {
 
 /// The name `require_metrics` knows a family by (counters with `_total`, others by their name).
 fn required_name(family: &str, kind: Kind, format: Format) -> String {
-    if kind == Kind::Counter && format == Format::OpenMetrics {
-        format!("{family}_total")
-    } else {
-        family.to_string()
+    match kind {
+        Kind::Counter if format == Format::OpenMetrics => format!("{family}_total"),
+        Kind::Info if format == Format::OpenMetrics => format!("{family}_info"),
+        _ => family.to_string(),
+    }
+}
+
+fn inject_into(labels: &mut Vec<(String, String)>, injects: &[Inject]) {
+    for inject in injects {
+        match labels.iter_mut().find(|(n, _)| *n == inject.name) {
+            Some((_, value)) if inject.overwrite => *value = inject.escaped_value.clone(),
+            Some(_) => {}
+            None => labels.push((inject.name.clone(), inject.escaped_value.clone())),
+        }
     }
 }
 

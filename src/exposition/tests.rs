@@ -222,3 +222,136 @@ fn format_detection() {
     assert_eq!(Format::detect(None, b"a 1\n"), Format::Text);
     assert_eq!(Format::detect(Some("application/openmetrics-text; version=1.0.0"), b""), Format::OpenMetrics);
 }
+
+#[test]
+fn openmetrics_bodies_announced_as_text_are_converted_to_text() {
+    let rw = Rewriter::new(&spec(), &node, 128).unwrap();
+    let input = "# TYPE http_requests counter\n# HELP http_requests Requests.\nhttp_requests_total{code=\"200\"} 3.0 # {trace_id=\"abc\"} 1.0 1700000000.000\nhttp_requests_created{code=\"200\"} 1.7e+09\n# TYPE build info\nbuild_info{version=\"1\"} 1\n# TYPE queue_bytes gauge\n# UNIT queue_bytes bytes\nqueue_bytes 10.0 1700000000.5\n# EOF\n";
+    let out = rw.rewrite_as(input.as_bytes(), Format::Text).unwrap();
+    assert_eq!(
+        String::from_utf8(out.body).unwrap(),
+        "# TYPE http_requests_total counter\n# HELP http_requests_total Requests.\nhttp_requests_total{code=\"200\"} 3.0\nhttp_requests_created{code=\"200\"} 1.7e+09\n# TYPE build_info gauge\nbuild_info{version=\"1\"} 1\n# TYPE queue_bytes gauge\nqueue_bytes 10.0 1700000000500\n"
+    );
+    // Announced as OpenMetrics, a body without # EOF is refused.
+    assert!(rw.rewrite_as(b"a 1\n", Format::OpenMetrics).is_err());
+}
+
+#[test]
+fn rules_match_openmetrics_info_families_by_their_info_name() {
+    let mut s = spec();
+    s.drop_metrics.push("target_info".into());
+    let out = rewrite(&s, "# TYPE target info\ntarget_info{service_name=\"x\"} 1\n# TYPE a gauge\na 1\n# EOF\n");
+    assert_eq!(out, "# TYPE a gauge\na 1\n# EOF\n");
+}
+
+#[test]
+fn renamed_families_drop_a_unit_they_no_longer_end_in() {
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Exact("d_seconds".into()), to: "d".into() });
+    let out = rewrite(&s, "# TYPE d_seconds gauge\n# UNIT d_seconds seconds\nd_seconds 1\n# EOF\n");
+    assert_eq!(out, "# TYPE d gauge\nd 1\n# EOF\n");
+}
+
+#[test]
+fn created_gauges_of_renamed_histograms_follow_and_merge_by_minimum() {
+    let input = "# TYPE lat histogram\nlat_bucket{le=\"+Inf\",route=\"a\"} 1\nlat_bucket{le=\"+Inf\",route=\"b\"} 2\nlat_sum{route=\"a\"} 1\nlat_sum{route=\"b\"} 2\nlat_count{route=\"a\"} 1\nlat_count{route=\"b\"} 2\n# TYPE lat_created gauge\nlat_created{route=\"a\"} 20\nlat_created{route=\"b\"} 10\n";
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Exact("lat".into()), to: "latency".into() });
+    s.drop_labels.push(LabelDrop { label: "route".into(), metrics: None });
+    assert_eq!(
+        rewrite(&s, input),
+        "# TYPE latency histogram\nlatency_bucket{le=\"+Inf\"} 3\nlatency_sum 3\nlatency_count 3\n# TYPE latency_created gauge\nlatency_created 10\n"
+    );
+}
+
+#[test]
+fn value_maps_that_merge_series_sum_them() {
+    let mut s = spec();
+    s.map_values.push(ValueMap { label: "path".into(), values: None, regex: Some("/users/[0-9]+".into()), to: Some("/users/{id}".into()) });
+    let input = "# TYPE hits_total counter\nhits_total{path=\"/users/1\"} 3\nhits_total{path=\"/users/2\"} 4\n";
+    assert_eq!(rewrite(&s, input), "# TYPE hits_total counter\nhits_total{path=\"/users/{id}\"} 7\n");
+}
+
+#[test]
+fn a_rewrite_larger_than_the_limit_is_refused() {
+    let mut s = spec();
+    s.max_body_bytes = 40;
+    s.inject_labels.push(inject("k8s_namespace_name", Source::Node { key: "NAMESPACE".into(), field: None }, true));
+    let rw = Rewriter::new(&s, &node, 128).unwrap();
+    let err = rw.rewrite(b"a 1\nb 2\nc 3\nd 4\n", None).unwrap_err();
+    assert_eq!(err.reason, "rewritten body larger than max_body_bytes");
+}
+
+/// Mutated expositions (bytes flipped, inserted, cut) never panic the rewriter: it either
+/// rewrites or refuses. A cheap always-on companion to real fuzzing.
+#[test]
+fn mutated_inputs_never_panic() {
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Regex("(.*)_ms".into()), to: "${1}_milliseconds".into() });
+    s.rename_labels.push(LabelRename { from: "status_code".into(), to: "code".into() });
+    s.drop_labels.push(LabelDrop { label: "pid".into(), metrics: None });
+    s.map_values.push(ValueMap { label: "method".into(), values: Some([("GET".to_string(), "get".to_string())].into()), regex: None, to: None });
+    s.inject_labels.push(inject("k8s_pod_name", Source::Node { key: "NAME".into(), field: None }, false));
+    let rw = Rewriter::new(&s, &node, 128).unwrap();
+    let seeds = [PROM_CLIENT.as_bytes(), OPENMETRICS.as_bytes()];
+    let alphabet = b"{}\",=# \n\\_aZ09.+-eEINfT";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..20_000 {
+        let mut input = seeds[i % 2].to_vec();
+        for _ in 0..(next() % 4 + 1) {
+            let at = (next() as usize) % (input.len() + 1);
+            match next() % 4 {
+                0 if at < input.len() => input[at] = alphabet[(next() as usize) % alphabet.len()],
+                1 => input.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+                2 if at < input.len() => {
+                    input.remove(at);
+                }
+                _ => input.truncate(at),
+            }
+        }
+        for format in [Format::Text, Format::OpenMetrics] {
+            if let Ok(out) = rw.rewrite_as(&input, format) {
+                assert!(std::str::from_utf8(&out.body).is_ok());
+            }
+        }
+    }
+}
+
+#[test]
+fn families_without_collisions_keep_timestamps_and_exemplars() {
+    let mut s = spec();
+    s.map_values.push(ValueMap { label: "path".into(), values: Some([("/a".to_string(), "/b".to_string())].into()), regex: None, to: None });
+    let input = "# TYPE up_since gauge\nup_since{job=\"a\"} 5 1700000000000\n# TYPE c_total counter\nc_total 3.0\n";
+    assert_eq!(rewrite(&s, input), input);
+}
+
+#[test]
+fn value_maps_never_merge_gauges() {
+    let mut s = spec();
+    s.map_values.push(ValueMap { label: "path".into(), values: None, regex: Some("/users/[0-9]+".into()), to: Some("/users/{id}".into()) });
+    let input = "# TYPE inflight gauge\ninflight{path=\"/users/1\"} 3\ninflight{path=\"/users/2\"} 4\n";
+    assert_eq!(rewrite(&s, input), input);
+}
+
+#[test]
+fn the_output_bound_counts_the_last_held_family() {
+    let mut s = spec();
+    s.drop_labels.push(LabelDrop { label: "pid".into(), metrics: None });
+    s.inject_labels.push(inject("k8s_namespace_name", Source::Node { key: "NAMESPACE".into(), field: None }, true));
+    s.max_body_bytes = 60;
+    let rw = Rewriter::new(&s, &node, 128).unwrap();
+    let input = "# TYPE r counter\nr{pid=\"1\"} 1\nr{pid=\"2\"} 1\n";
+    assert!(input.len() <= 60);
+    let out = rw.rewrite(input.as_bytes(), None);
+    assert!(out.is_ok(), "{out:?}");
+    let mut s2 = s.clone();
+    s2.max_body_bytes = 45;
+    let rw = Rewriter::new(&s2, &node, 128).unwrap();
+    assert_eq!(rw.rewrite(input.as_bytes(), None).unwrap_err().reason, "rewritten body larger than max_body_bytes");
+}

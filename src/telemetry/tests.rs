@@ -366,3 +366,16 @@ fn late_flights_count_without_an_active_mark() {
     assert_eq!(host.value(&USERS_OK.replace("code=.=200", "code=.=403")), 1);
     assert!(host.names.iter().all(|(_, n)| !n.starts_with("active.")));
 }
+
+#[test]
+#[ignore = "timing probe, run by hand: cargo test --release --lib per_request_core_cost -- --ignored --nocapture"]
+fn per_request_core_cost() {
+    let (mut engine, mut host) = engine(&config());
+    let start = std::time::Instant::now();
+    let n = 200_000;
+    for i in 0..n {
+        let path = if i % 2 == 0 { "/users/42" } else { "/other" };
+        serve(&mut engine, &mut host, Req { method: "GET", path, ..Req::default() }, ok(3));
+    }
+    println!("core per request: {:?}", start.elapsed() / n);
+}
