@@ -159,16 +159,7 @@ pub fn wasm_plugin(inputs: &Inputs) -> Rendered {
             let mut spec = extension_fields(config, &inputs.wasm, name);
             spec["phase"] = json!("STATS");
             spec["match"] = json!([{"mode": mode}]);
-            let selector = selector(inputs);
-            if !selector.is_empty() {
-                spec["selector"] = json!({"matchLabels": selector});
-            }
-            json!({
-                "apiVersion": "extensions.istio.io/v1alpha1",
-                "kind": "WasmPlugin",
-                "metadata": inputs.metadata(&object_name(inputs, mode)),
-                "spec": spec,
-            })
+            extension_object(inputs, "WasmPlugin", mode, spec)
         })
         .collect();
     Rendered {
@@ -182,21 +173,12 @@ pub fn traffic_extension(inputs: &Inputs) -> Rendered {
     let documents = sides(inputs)
         .into_iter()
         .map(|(name, _, mode, config)| {
-            let mut spec = json!({
+            let spec = json!({
                 "phase": "STATS",
                 "match": [{"mode": mode}],
                 "wasm": extension_fields(config, &inputs.wasm, name),
             });
-            let selector = selector(inputs);
-            if !selector.is_empty() {
-                spec["selector"] = json!({"matchLabels": selector});
-            }
-            json!({
-                "apiVersion": "extensions.istio.io/v1alpha1",
-                "kind": "TrafficExtension",
-                "metadata": inputs.metadata(&object_name(inputs, mode)),
-                "spec": spec,
-            })
+            extension_object(inputs, "TrafficExtension", mode, spec)
         })
         .collect();
     Rendered {
@@ -204,6 +186,20 @@ pub fn traffic_extension(inputs: &Inputs) -> Rendered {
         comment: "TrafficExtension (Istio >= 1.30, supersedes WasmPlugin).\nkubectl apply -f trafficextension.yaml  (instead of envoyfilter.yaml or wasmplugin.yaml)".into(),
         documents,
     }
+}
+
+/// A WasmPlugin or TrafficExtension for one side, selecting the workload's pods.
+fn extension_object(inputs: &Inputs, kind: &str, mode: &str, mut spec: Value) -> Value {
+    let selector = selector(inputs);
+    if !selector.is_empty() {
+        spec["selector"] = json!({"matchLabels": selector});
+    }
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": kind,
+        "metadata": inputs.metadata(&object_name(inputs, mode)),
+        "spec": spec,
+    })
 }
 
 fn object_name(inputs: &Inputs, mode: &str) -> String {
