@@ -355,6 +355,8 @@ struct Family {
     hold: bool,
     /// A text-format `x_created` gauge that belongs to counter/histogram/summary `x`.
     created_companion: bool,
+    /// A sample of it has been written (it counts as present for `require`).
+    emitted: bool,
     #[allow(dead_code)]
     unit_ok: bool,
     /// Held-back output of a family being aggregated: (series key, value, is_created).
@@ -522,6 +524,7 @@ impl<'r> Run<'r> {
             drops,
             hold,
             created_companion: companion,
+            emitted: false,
             unit_ok: true,
             new_name,
             keep,
@@ -621,6 +624,23 @@ impl<'r> Run<'r> {
                 }
             }
         }
+        let rest = if self.output == Format::Text && self.format == Format::OpenMetrics {
+            Cow::Owned(line::openmetrics_rest_to_text(sample.rest).ok_or(Unparsable { line: line_no, reason: "malformed value or timestamp" })?)
+        } else {
+            Cow::Borrowed(sample.rest)
+        };
+        if !family.emitted {
+            self.emitted.insert(required_name(&family.new_name, family.kind, self.format));
+        }
+        if !family.hold {
+            // The common path: written straight out, no per-label allocation.
+            write_direct(&mut self.out, rw, &family.new_name, &suffix, &sample, &rest)
+                .map_err(|reason| Unparsable { line: line_no, reason })?;
+            if let Some(f) = self.family.as_mut() {
+                f.emitted = true;
+            }
+            return Ok(());
+        }
         // Labels: rename, map values, inject (drops are applied per family below).
         self.labels.clear();
         for (name, raw) in &sample.labels {
@@ -646,15 +666,8 @@ impl<'r> Run<'r> {
             inject_into(&mut self.unmapped, &rw.injects);
         }
         let new_sample_name = format!("{}{suffix}", family.new_name);
-        self.emitted.insert(required_name(&family.new_name, family.kind, self.format));
-        let rest = if self.output == Format::Text && self.format == Format::OpenMetrics {
-            Cow::Owned(line::openmetrics_rest_to_text(sample.rest).ok_or(Unparsable { line: line_no, reason: "malformed value or timestamp" })?)
-        } else {
-            Cow::Borrowed(sample.rest)
-        };
-        if !family.hold {
-            write_sample(&mut self.out, &new_sample_name, &self.labels, &rest);
-            return Ok(());
+        if let Some(f) = self.family.as_mut() {
+            f.emitted = true;
         }
         self.hold(new_sample_name, &rest, &suffix, line_no)
     }
@@ -727,6 +740,58 @@ fn required_name(family: &str, kind: Kind, format: Format) -> String {
         Kind::Info if format == Format::OpenMetrics => format!("{family}_info"),
         _ => family.to_string(),
     }
+}
+
+/// Writes a sample with renamed, mapped and injected labels directly into `out` (the path of
+/// families that are not held back), allocating only for values a map actually changes.
+fn write_direct(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sample: &Sample<'_>, rest: &str) -> Result<(), &'static str> {
+    fn renamed<'a>(rw: &'a Rewriter, name: &'a str) -> &'a str {
+        rw.label_renames.get(name).map_or(name, String::as_str)
+    }
+    if !rw.label_renames.is_empty() {
+        for (i, (a, _)) in sample.labels.iter().enumerate() {
+            let a = renamed(rw, a);
+            if sample.labels[i + 1..].iter().any(|(b, _)| renamed(rw, b) == a) {
+                return Err("label renamed onto another label of the same series");
+            }
+        }
+    }
+    out.extend_from_slice(family.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    let mut written = 0;
+    let mut label = |out: &mut Vec<u8>, name: &str, value: &str| {
+        out.push(if written == 0 { b'{' } else { b',' });
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=\"");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+        written += 1;
+    };
+    for (name, raw) in &sample.labels {
+        let name = rw.label_renames.get(*name).map_or(*name, String::as_str);
+        match rw.injects.iter().find(|i| i.name == name) {
+            Some(inject) if inject.overwrite => label(out, name, &inject.escaped_value),
+            _ => match rw.value_maps.get(name) {
+                None => label(out, name, raw),
+                Some(rule) => label(out, name, &map_value(rule, raw)),
+            },
+        }
+    }
+    for inject in &rw.injects {
+        let present = sample.labels.iter().any(|(n, _)| rw.label_renames.get(*n).map_or(*n, String::as_str) == inject.name);
+        if !present {
+            label(out, &inject.name, &inject.escaped_value);
+        }
+    }
+    if written > 0 {
+        out.push(b'}');
+    }
+    if !rest.starts_with(' ') {
+        out.push(b' ');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out.push(b'\n');
+    Ok(())
 }
 
 fn inject_into(labels: &mut Vec<(String, String)>, injects: &[Inject]) {
