@@ -229,3 +229,19 @@ fn envoy_stats_lists_a_tag_per_label_and_the_buckets() {
     assert_eq!(tags[1]["regex"], "(http_route=\\.=(.*?);\\.;)");
     assert_eq!(v["histogram_bucket_settings"][0]["match"]["prefix"], "wasmcustom.http_server_request_duration_milliseconds.");
 }
+
+#[test]
+fn github_format_prints_workflow_annotations() {
+    let file = temp_contract("gh.yaml", "format: metricpact/v1\nname: x\nversion: ''\nroutes:\n  unmatched: raw\n");
+    let out = metricpact(&["check", "--format", "github", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let f = file.display().to_string().replace(':', "%3A").replace(',', "%2C");
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("::error file={f},line=3,col=10,title=metricpact check::contract version must not be empty"),
+            format!("::warning file={f},line=5,col=14,title=metricpact check::`unmatched: raw` puts raw request paths in `http_route`; they are cut and capped, but OTel says routes must not come from raw paths"),
+        ]
+    );
+}

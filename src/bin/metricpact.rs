@@ -101,8 +101,12 @@ struct RenderArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
+    /// `file:line:col: severity: message`
     Text,
+    /// One JSON document: `{"ok": bool, "diagnostics": [...]}`
     Json,
+    /// GitHub Actions workflow commands (`::error file=…,line=…,col=…::message`), shown on the PR diff
+    Github,
 }
 
 fn main() -> ExitCode {
@@ -159,6 +163,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         })
                         .collect();
                     writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({"ok": !failed, "diagnostics": items}))?)?;
+                }
+                Format::Github => {
+                    for d in &all {
+                        let level = match d.severity {
+                            Severity::Error => "error",
+                            Severity::Warning => "warning",
+                        };
+                        writeln!(
+                            out,
+                            "::{level} file={},line={},col={},title=metricpact check::{}",
+                            github_escape_property(&d.file.display().to_string()),
+                            d.line.max(1),
+                            d.column.max(1),
+                            github_escape_data(&d.message)
+                        )?;
+                    }
                 }
             }
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -305,4 +325,14 @@ fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Opti
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Escapes a workflow-command message (GitHub's `escapeData`).
+fn github_escape_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// Escapes a workflow-command property value (GitHub's `escapeProperty`).
+fn github_escape_property(s: &str) -> String {
+    github_escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
