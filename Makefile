@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter bench clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench clean
 
 all: build
 
@@ -54,6 +54,10 @@ envoyfilter: cli
 	$(CLI) render --contract contracts/http-server.yaml --out envoyfilter
 	$(CLI) render --contract contracts/rest-api.yaml --out envoyfilter/examples/orders-api \
 	  --wasm-url $(EXAMPLE_WASM_URL) --wasm-sha256 $(EXAMPLE_WASM_SHA256)
+
+## schema: regenerate the contract JSON Schema editors use (a test fails when it drifts)
+schema: cli
+	$(CLI) schema > contracts/metricpact.schema.json
 
 ## bench: Envoy CPU per request with and without metricpact, and exposition rewrite throughput
 bench: build

@@ -245,3 +245,41 @@ fn github_format_prints_workflow_annotations() {
         ]
     );
 }
+
+#[test]
+fn checked_in_json_schema_matches_the_contract_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/metricpact.schema.json");
+    let checked_in = std::fs::read_to_string(&path).expect("contracts/metricpact.schema.json");
+    let generated = stdout(&metricpact(&["schema"]));
+    assert!(checked_in == generated, "contracts/metricpact.schema.json is out of date: run `make schema`");
+    let schema: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(schema["additionalProperties"], false);
+    // Every field is documented for editors.
+    fn undocumented(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+            for (name, prop) in props {
+                let described = prop.get("description").is_some()
+                    || prop.get("$ref").is_some() && prop.get("description").is_some();
+                if !described {
+                    out.push(format!("{path}.{name}"));
+                }
+            }
+        }
+        if let Some(defs) = v.get("$defs").and_then(|d| d.as_object()) {
+            for (name, def) in defs {
+                undocumented(def, name, out);
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    undocumented(&schema, "Contract", &mut missing);
+    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+}
+
+#[test]
+fn every_shipped_contract_names_the_schema_for_editors() {
+    for file in shipped_contracts() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with("# yaml-language-server: $schema=metricpact.schema.json\n"), "{}", file.display());
+    }
+}

@@ -47,6 +47,8 @@ enum Command {
     /// Render Istio (EnvoyFilter, WasmPlugin, TrafficExtension, proxy config) and autoscaling
     /// (KEDA, prometheus-adapter, HPA, recording rules) manifests for a contract.
     Render(RenderArgs),
+    /// Print the JSON Schema of the contract format (for editors: yaml-language-server).
+    Schema,
     /// Apply a contract's `exposition` rewrite to a saved scrape (FILE, or - for stdin), exactly as
     /// the filter does in the sidecar, and print the result.
     Rewrite {
@@ -189,6 +191,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(args) => render(args, &mut out),
+        Command::Schema => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::contract::model::json_schema())?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rewrite { contract, file, content_type, node } => rewrite(&contract, file, content_type, &node, &mut out),
         Command::EnvoyStats { file } => {
             let Some(config) = compiled_or_report(compile_file(&file)) else { return Ok(ExitCode::from(1)) };
