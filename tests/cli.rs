@@ -283,3 +283,34 @@ fn every_shipped_contract_names_the_schema_for_editors() {
         assert!(text.starts_with("# yaml-language-server: $schema=metricpact.schema.json\n"), "{}", file.display());
     }
 }
+
+#[test]
+fn diff_classifies_changes_and_names_what_they_break() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml")).unwrap();
+    let old = temp_contract("diff-old.yaml", &base);
+    let renamed = base
+        .replace("name: http_server_requests_total     # must end in _total", "name: http_requests_total")
+        .replace("  - name: url_scheme\n", "  - name: tenant\n    from: request.header.x-tenant\n  - name: url_scheme\n");
+    let new = temp_contract("diff-new.yaml", &renamed);
+    let out = metricpact(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "breaking: [metric-renamed] request counter renamed from `http_server_requests_total` to `http_requests_total`: queries on `http_server_requests_total` find nothing\n\
+         \x20   breaks: KEDA trigger qps-per-pod (http_server_requests_total)\n\
+         \x20   breaks: prometheus-adapter rule http_server_requests_total -> http_server_requests_per_second\n\
+         \x20   breaks: HPA Pods metric http_server_requests_per_second\n\
+         \x20   breaks: recording rule namespace_pod:http_server_requests:rate*\n\
+         compatible: [label-added] label `tenant` added: existing series split, sums are unchanged\n"
+    );
+    // Only compatible changes: exit 0.
+    let added = temp_contract("diff-added.yaml", &base.replace("  - name: url_scheme\n", "  - name: tenant\n    from: request.header.x-tenant\n  - name: url_scheme\n"));
+    let out = metricpact(&["diff", old.to_str().unwrap(), added.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["breaking"], false);
+    assert_eq!(v["changes"][0]["rule"], "label-added");
+    // Identical contracts.
+    let out = metricpact(&["diff", old.to_str().unwrap(), old.to_str().unwrap()]);
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "no changes to the metrics contract\n"));
+}

@@ -49,6 +49,17 @@ enum Command {
     Render(RenderArgs),
     /// Print the JSON Schema of the contract format (for editors: yaml-language-server).
     Schema,
+    /// Classify every change between two contract versions as breaking or compatible, naming the
+    /// rendered autoscaling objects each breaking change would break; exits 1 on a breaking change.
+    Diff {
+        /// The contract before the change (e.g. from the base branch).
+        old: PathBuf,
+        /// The contract after the change.
+        new: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Apply a contract's `exposition` rewrite to a saved scrape (FILE, or - for stdin), exactly as
     /// the filter does in the sidecar, and print the result.
     Rewrite {
@@ -191,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(args) => render(args, &mut out),
+        Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
         Command::Schema => {
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::contract::model::json_schema())?)?;
             Ok(ExitCode::SUCCESS)
@@ -341,4 +353,52 @@ fn github_escape_data(s: &str) -> String {
 /// Escapes a workflow-command property value (GitHub's `escapeProperty`).
 fn github_escape_property(s: &str) -> String {
     github_escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use metricpact::contract::diff::{diff, Impact};
+    let old_compiled = compile_file(old);
+    let old_deploy = old_compiled.deployment.clone();
+    let new_compiled = compile_file(new);
+    let new_deploy = new_compiled.deployment.clone();
+    let (Some(old_config), Some(new_config)) = (compiled_or_report(old_compiled), compiled_or_report(new_compiled)) else {
+        return Ok(ExitCode::from(2));
+    };
+    let changes = diff(&old_config, &old_deploy, &new_config, &new_deploy);
+    let breaking = changes.iter().any(|c| c.impact == Impact::Breaking);
+    let impact = |c: &metricpact::contract::diff::Change| if c.impact == Impact::Breaking { "breaking" } else { "compatible" };
+    match format {
+        Format::Text => {
+            for c in &changes {
+                writeln!(out, "{}: [{}] {}", impact(c), c.rule, c.message)?;
+                for b in &c.breaks {
+                    writeln!(out, "    breaks: {b}")?;
+                }
+            }
+            if changes.is_empty() {
+                writeln!(out, "no changes to the metrics contract")?;
+            }
+        }
+        Format::Json => {
+            let items: Vec<_> = changes
+                .iter()
+                .map(|c| serde_json::json!({"impact": impact(c), "rule": c.rule, "message": c.message, "breaks": c.breaks}))
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({"breaking": breaking, "changes": items}))?)?;
+        }
+        Format::Github => {
+            for c in &changes {
+                let level = if c.impact == Impact::Breaking { "error" } else { "notice" };
+                let breaks = if c.breaks.is_empty() { String::new() } else { format!(" (breaks: {})", c.breaks.join("; ")) };
+                writeln!(
+                    out,
+                    "::{level} file={},title=metricpact diff [{}]::{}",
+                    github_escape_property(&new.display().to_string()),
+                    c.rule,
+                    github_escape_data(&format!("{}{breaks}", c.message))
+                )?;
+            }
+        }
+    }
+    Ok(if breaking { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

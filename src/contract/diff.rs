@@ -1,0 +1,160 @@
+//! Classifies the changes between two contract versions as breaking or compatible, and names the
+//! rendered autoscaling objects (KEDA triggers, adapter rules, recording rules) each breaking
+//! change would break.
+
+use crate::config::{LabelSpec, PluginConfig, RouteMatch};
+
+use super::deploy::Deployment;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Impact {
+    Compatible,
+    Breaking,
+}
+
+/// One change between two versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub impact: Impact,
+    /// Stable identifier of the kind of change (e.g. `metric-renamed`).
+    pub rule: &'static str,
+    pub message: String,
+    /// Rendered objects that stop working.
+    pub breaks: Vec<String>,
+}
+
+fn qps_consumers(name: &str) -> Vec<String> {
+    vec![
+        format!("KEDA trigger qps-per-pod ({name})"),
+        format!("prometheus-adapter rule {name} -> {}", crate::render::autoscaling::qps_metric_name(name)),
+        format!("HPA Pods metric {}", crate::render::autoscaling::qps_metric_name(name)),
+        format!("recording rule namespace_pod:{}:rate*", name.strip_suffix("_total").unwrap_or(name)),
+    ]
+}
+
+fn latency_consumers(name: &str) -> Vec<String> {
+    vec![
+        format!("KEDA trigger p95-latency ({name}_bucket)"),
+        format!("prometheus-adapter rule {name}_bucket -> {}", crate::render::autoscaling::p95_metric_name(name)),
+        format!("HPA Pods metric {}", crate::render::autoscaling::p95_metric_name(name)),
+        format!("recording rule namespace_pod:{name}:p95_*"),
+    ]
+}
+
+struct Differ {
+    changes: Vec<Change>,
+}
+
+impl Differ {
+    fn push(&mut self, impact: Impact, rule: &'static str, message: String, breaks: Vec<String>) {
+        self.changes.push(Change { impact, rule, message, breaks });
+    }
+
+    fn metric(&mut self, what: &str, old: Option<&str>, new: Option<&str>, consumers: fn(&str) -> Vec<String>) {
+        match (old, new) {
+            (Some(o), Some(n)) if o != n => self.push(
+                Impact::Breaking,
+                "metric-renamed",
+                format!("{what} renamed from `{o}` to `{n}`: queries on `{o}` find nothing"),
+                consumers(o),
+            ),
+            (Some(o), None) => self.push(Impact::Breaking, "metric-removed", format!("{what} `{o}` is no longer emitted"), consumers(o)),
+            (None, Some(n)) => self.push(Impact::Compatible, "metric-added", format!("{what} `{n}` is now emitted"), vec![]),
+            _ => {}
+        }
+    }
+}
+
+fn label<'a>(config: &'a PluginConfig, name: &str) -> Option<&'a LabelSpec> {
+    config.labels.iter().find(|l| l.name == name)
+}
+
+fn route_key(m: &RouteMatch) -> String {
+    match m {
+        RouteMatch::Exact(p) => format!("exact {p}"),
+        RouteMatch::Prefix(p) => format!("prefix {p}"),
+        RouteMatch::Regex(p) => format!("regex {p}"),
+    }
+}
+
+/// Every change from `old` to `new`, breaking ones first.
+pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new_deploy: &Deployment) -> Vec<Change> {
+    let mut d = Differ { changes: Vec::new() };
+    d.metric("request counter", old.requests.as_ref().map(|m| m.name.as_str()), new.requests.as_ref().map(|m| m.name.as_str()), qps_consumers);
+    d.metric("duration histogram", old.duration.as_ref().map(|m| m.name.as_str()), new.duration.as_ref().map(|m| m.name.as_str()), latency_consumers);
+    d.metric("active-requests gauge", old.active_requests.as_ref().map(|m| m.name.as_str()), new.active_requests.as_ref().map(|m| m.name.as_str()), |_| vec![]);
+    if let (Some(o), Some(n)) = (&old.duration, &new.duration) {
+        if o.name == n.name && o.unit != n.unit {
+            d.push(Impact::Breaking, "unit-changed", format!("`{}` now records {} instead of {}: latency thresholds change meaning", n.name, n.unit.word(), o.unit.word()), latency_consumers(&n.name));
+        }
+        if o.name == n.name && o.buckets != n.buckets {
+            d.push(Impact::Breaking, "buckets-changed", format!("`{}` bucket bounds changed: p95 over windows that span the change is wrong, and bucket-based alerts lose their `le`", n.name), latency_consumers(&n.name));
+        }
+    }
+    for l in &old.labels {
+        match label(new, &l.name) {
+            None => d.push(Impact::Breaking, "label-removed", format!("label `{}` is gone: queries, dashboards and alerts selecting or grouping by it break", l.name), vec![]),
+            Some(n) => {
+                if n.sources != l.sources {
+                    d.push(Impact::Breaking, "label-source-changed", format!("label `{}` takes its value from a different source: its values change", l.name), vec![]);
+                }
+                if let (Some(old_values), Some(new_values)) = (&l.allowed, &n.allowed) {
+                    let removed: Vec<&String> = old_values.iter().filter(|v| !new_values.contains(v)).collect();
+                    if !removed.is_empty() {
+                        d.push(Impact::Breaking, "values-narrowed", format!("label `{}` no longer allows {removed:?}: those series become `_OTHER`", l.name), vec![]);
+                    }
+                } else if l.allowed.is_none() && n.allowed.is_some() {
+                    d.push(Impact::Breaking, "values-narrowed", format!("label `{}` now has an allow-list: other values become `_OTHER`", l.name), vec![]);
+                }
+                if n.max_values < l.max_values {
+                    d.push(Impact::Compatible, "budget-lowered", format!("label `{}` keeps at most {} values (was {})", l.name, n.max_values, l.max_values), vec![]);
+                }
+            }
+        }
+    }
+    for n in &new.labels {
+        if label(old, &n.name).is_none() {
+            d.push(Impact::Compatible, "label-added", format!("label `{}` added: existing series split, sums are unchanged", n.name), vec![]);
+        }
+    }
+    let removed_methods: Vec<&String> = old.methods.iter().filter(|m| !new.methods.contains(m)).collect();
+    if !removed_methods.is_empty() {
+        d.push(Impact::Breaking, "methods-narrowed", format!("methods {removed_methods:?} now count as `_OTHER`"), vec![]);
+    }
+    for rule in &old.routes.rules {
+        let key = route_key(&rule.matcher);
+        match new.routes.rules.iter().find(|r| route_key(&r.matcher) == key) {
+            None => d.push(Impact::Breaking, "route-removed", format!("route rule `{key}` ({}) removed: its requests get another `http_route`", rule.template), vec![]),
+            Some(n) if n.template != rule.template => d.push(
+                Impact::Breaking,
+                "route-template-changed",
+                format!("route `{key}` now yields `{}` instead of `{}`", n.template, rule.template),
+                vec![],
+            ),
+            _ => {}
+        }
+    }
+    for rule in &new.routes.rules {
+        let key = route_key(&rule.matcher);
+        if !old.routes.rules.iter().any(|r| route_key(&r.matcher) == key) {
+            d.push(Impact::Compatible, "route-added", format!("route rule `{key}` -> `{}` added", rule.template), vec![]);
+        }
+    }
+    if new.max_series < old.max_series {
+        d.push(Impact::Compatible, "budget-lowered", format!("series budget lowered to {} (was {})", new.max_series, old.max_series), vec![]);
+    }
+    if let (Some(o), Some(n)) = (&old_deploy.autoscaling, &new_deploy.autoscaling) {
+        if o.qps_per_pod != n.qps_per_pod || o.p95_latency_ms != n.p95_latency_ms {
+            d.push(Impact::Compatible, "targets-changed", format!("autoscaling targets changed: qps_per_pod {:?} -> {:?}, p95_latency_ms {:?} -> {:?}", o.qps_per_pod, n.qps_per_pod, o.p95_latency_ms, n.p95_latency_ms), vec![]);
+        }
+    }
+    if let (Some(o), Some(n)) = (&old.exposition, &new.exposition) {
+        for name in &o.require_metrics {
+            if !n.require_metrics.contains(name) {
+                d.push(Impact::Breaking, "required-metric-removed", format!("app metric `{name}` is no longer required (renamed or dropped?)"), vec![]);
+            }
+        }
+    }
+    d.changes.sort_by_key(|c| std::cmp::Reverse(c.impact));
+    d.changes
+}
