@@ -49,6 +49,25 @@ enum Command {
     Render(RenderArgs),
     /// Print the JSON Schema of the contract format (for editors: yaml-language-server).
     Schema,
+    /// Check an exposition (a sidecar's /stats/prometheus, or an app's /metrics) against a
+    /// contract; findings have a severity and a rule id; exits 1 on a violation.
+    Verify {
+        /// Contract file (YAML).
+        #[arg(long)]
+        contract: PathBuf,
+        /// A saved exposition (`-` for stdin).
+        #[arg(long, conflicts_with = "url")]
+        file: Option<PathBuf>,
+        /// Scrape this http:// URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// `sidecar`: the traffic metrics and their labels; `app`: the exposition's required metrics.
+        #[arg(long, value_enum, default_value_t = VerifyTarget::Sidecar)]
+        target: VerifyTarget,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Classify every change between two contract versions as breaking or compatible, naming the
     /// rendered autoscaling objects each breaking change would break; exits 1 on a breaking change.
     Diff {
@@ -110,6 +129,12 @@ struct RenderArgs {
     /// Prometheus URL for KEDA (default: the contract's autoscaling.prometheus_url).
     #[arg(long)]
     prometheus_url: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VerifyTarget {
+    Sidecar,
+    App,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -203,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Render(args) => render(args, &mut out),
         Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
+        Command::Verify { contract, file, url, target, format } => verify(&contract, file, url, target, format, &mut out),
         Command::Schema => {
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::contract::model::json_schema())?)?;
             Ok(ExitCode::SUCCESS)
@@ -401,4 +427,103 @@ fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut 
         }
     }
     Ok(if breaking { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// GET an http:// URL over a plain TCP connection (no TLS: scrape targets inside the mesh).
+fn http_get(url: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--url must be an http:// URL"))?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let address = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let mut stream = std::net::TcpStream::connect(&address)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain;version=0.0.4\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow::anyhow!("{url}: malformed HTTP response"))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        anyhow::bail!("{url}: HTTP status {status}");
+    }
+    let body = &response[split + 4..];
+    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")) {
+        return dechunk(body).ok_or_else(|| anyhow::anyhow!("{url}: malformed chunked body"));
+    }
+    Ok(body.to_vec())
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+fn verify(contract: &std::path::Path, file: Option<PathBuf>, url: Option<String>, target: VerifyTarget, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use metricpact::contract::verify::{verify, Severity as FindingSeverity, Target};
+    use std::io::Read;
+
+    let Some(config) = compiled_or_report(compile_file(contract)) else { return Ok(ExitCode::from(2)) };
+    let (body, source) = match (file, url) {
+        (_, Some(url)) => (http_get(&url)?, url),
+        (Some(path), None) if path.as_os_str() != "-" => (std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?, path.display().to_string()),
+        _ => {
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body)?;
+            (body, "-".to_string())
+        }
+    };
+    let body = String::from_utf8(body).map_err(|_| anyhow::anyhow!("{source}: the exposition is not UTF-8"))?;
+    let target = match target {
+        VerifyTarget::Sidecar => Target::Sidecar,
+        VerifyTarget::App => Target::App,
+    };
+    let report = verify(&config, &body, target).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    let violated = report.findings.iter().any(|f| f.severity == FindingSeverity::Violation);
+    let severity = |f: &metricpact::contract::verify::Finding| if f.severity == FindingSeverity::Violation { "violation" } else { "warning" };
+    match format {
+        Format::Text => {
+            for f in &report.findings {
+                writeln!(out, "{}[{}] {}: {}", severity(f), f.rule, f.metric, f.message)?;
+            }
+            writeln!(
+                out,
+                "coverage: {}/{} contract metrics present, {}/{} contract labels seen",
+                report.metrics_found, report.metrics_expected, report.labels_seen, report.labels_expected
+            )?;
+        }
+        Format::Json => {
+            let findings: Vec<_> = report
+                .findings
+                .iter()
+                .map(|f| serde_json::json!({"severity": severity(f), "rule": f.rule, "metric": f.metric, "message": f.message}))
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({
+                "ok": !violated,
+                "findings": findings,
+                "coverage": {"metrics_expected": report.metrics_expected, "metrics_found": report.metrics_found,
+                             "labels_expected": report.labels_expected, "labels_seen": report.labels_seen},
+            }))?)?;
+        }
+        Format::Github => {
+            for f in &report.findings {
+                let level = if f.severity == FindingSeverity::Violation { "error" } else { "warning" };
+                writeln!(out, "::{level} title=metricpact verify [{}]::{}", f.rule, github_escape_data(&format!("{}: {}", f.metric, f.message)))?;
+            }
+        }
+    }
+    Ok(if violated { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod compile;
 pub mod deploy;
 pub mod diff;
+pub mod verify;
 pub mod exposition;
 pub mod load;
 pub mod model;

@@ -5,7 +5,7 @@
 //! back until it ends. Anything that does not parse is reported, so the caller can pass the
 //! original body through unchanged.
 
-mod line;
+pub(crate) mod line;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

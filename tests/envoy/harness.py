@@ -263,10 +263,13 @@ class Envoy:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def scrape(self) -> "Exposition":
+    def scrape_text(self) -> str:
         status, body = http_get(self.admin_port, "/stats/prometheus")
         assert status == 200, body
-        return Exposition.parse(body.decode())
+        return body.decode()
+
+    def scrape(self) -> "Exposition":
+        return Exposition.parse(self.scrape_text())
 
     def request(self, method="GET", path="/", headers=None, body=None, timeout=30):
         return http_request(self.port, method, path, headers=headers, body=body, timeout=timeout)
