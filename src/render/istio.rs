@@ -54,6 +54,11 @@ fn wasm_config(name: &str, config: &PluginConfig, code: Value) -> Value {
     })
 }
 
+/// A named Wasm HTTP filter (or ECDS extension) loading `code`.
+fn wasm_filter(name: &str, config: &PluginConfig, code: Value) -> Value {
+    json!({"name": name, "typed_config": {"@type": WASM_TYPE, "config": wasm_config(name, config, code)}})
+}
+
 fn listener_match(context: &str) -> Value {
     json!({
         "context": context,
@@ -70,13 +75,7 @@ pub fn envoy_filter(inputs: &Inputs) -> Rendered {
                 "match": listener_match(context),
                 "patch": {
                     "operation": "INSERT_BEFORE",
-                    "value": {
-                        "name": name,
-                        "typed_config": {
-                            "@type": WASM_TYPE,
-                            "config": wasm_config(name, config, json!({"local": {"filename": path}})),
-                        },
-                    },
+                    "value": wasm_filter(name, config, json!({"local": {"filename": path}})),
                 },
             })),
             WasmSource::Remote { url, sha256 } => {
@@ -85,16 +84,10 @@ pub fn envoy_filter(inputs: &Inputs) -> Rendered {
                     "applyTo": "EXTENSION_CONFIG",
                     "patch": {
                         "operation": "ADD",
-                        "value": {
-                            "name": name,
-                            "typed_config": {
-                                "@type": WASM_TYPE,
-                                "config": wasm_config(name, config, json!({"remote": {
-                                    "http_uri": {"uri": url, "cluster": "_", "timeout": "30s"},
-                                    "sha256": sha256,
-                                }})),
-                            },
-                        },
+                        "value": wasm_filter(name, config, json!({"remote": {
+                            "http_uri": {"uri": url, "cluster": "_", "timeout": "30s"},
+                            "sha256": sha256,
+                        }})),
                     },
                 }));
                 patches.push(json!({
