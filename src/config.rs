@@ -40,6 +40,39 @@ pub struct PluginConfig {
     /// How the app's own metrics exposition is rewritten when scraped through the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposition: Option<ExpositionSpec>,
+    /// Renamed traffic metrics and labels whose old names are still emitted until their sunset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<Migration>,
+}
+
+/// A declared rename: until `sunset_unix` the old name is emitted beside the new one, so queries,
+/// dashboards and autoscalers on either keep working while they move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    pub kind: MigrationKind,
+    /// The name before the rename (a metric name as queried: counters with `_total`).
+    pub old: String,
+    /// The current name.
+    pub new: String,
+    /// Day the old name stops (`YYYY-MM-DD`, 00:00 UTC), as written in the contract.
+    pub sunset: String,
+    /// The same instant in Unix seconds.
+    pub sunset_unix: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationKind {
+    Metric,
+    Label,
+}
+
+impl Migration {
+    /// Whether the old name is still emitted at `now_unix` (seconds).
+    pub fn active_at(&self, now_unix: u64) -> bool {
+        now_unix < self.sunset_unix
+    }
 }
 
 /// The app-exposition rewrite. Operations apply in this order: keep/drop metrics, drop series
@@ -74,6 +107,10 @@ pub struct ExpositionSpec {
     /// Metrics (final names) that must be present; each missing one is counted per scrape.
     #[serde(default)]
     pub require_metrics: Vec<String>,
+    /// Renamed metrics (final names, counters with `_total`) and labels of the rewritten output
+    /// whose old names are written beside the new ones until their sunset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<Migration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,13 +390,26 @@ impl PluginConfig {
         if let Some(m) = &self.active_requests {
             names.push(m.name.as_str());
         }
+        names.extend(self.migrations.iter().filter(|m| m.kind == MigrationKind::Metric).map(|m| m.old.as_str()));
         names.extend(crate::telemetry::SELF_METRIC_NAMES);
         names
+    }
+
+    /// Names the duration histogram is emitted under (its old one too during a migration).
+    pub fn duration_names(&self) -> Vec<&str> {
+        let Some(d) = &self.duration else { return Vec::new() };
+        std::iter::once(d.name.as_str()).chain(self.old_metric_name(&d.name).map(|m| m.old.as_str())).collect()
+    }
+
+    /// The old name of traffic metric `name` while a migration keeps it.
+    pub fn old_metric_name(&self, name: &str) -> Option<&Migration> {
+        self.migrations.iter().find(|m| m.kind == MigrationKind::Metric && m.new == name)
     }
 
     /// Every tag name the sidecar must extract (Istio `extraStatTags`), self-metric labels included.
     pub fn tag_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.labels.iter().map(|l| l.name.as_str()).collect();
+        names.extend(self.migrations.iter().filter(|m| m.kind == MigrationKind::Label).map(|m| m.old.as_str()));
         names.extend(crate::names::SELF_LABEL_NAMES);
         names
     }

@@ -21,10 +21,11 @@ pub fn stats_tags(config: &PluginConfig) -> Vec<Value> {
 
 /// `histogram_bucket_settings` for the duration histogram (empty when it is disabled).
 pub fn histogram_bucket_settings(config: &PluginConfig) -> Vec<Value> {
+    let Some(d) = &config.duration else { return Vec::new() };
     config
-        .duration
-        .iter()
-        .map(|d| json!({"match": {"prefix": format!("{WASM_CUSTOM_PREFIX}{}.", d.name)}, "buckets": d.buckets}))
+        .duration_names()
+        .into_iter()
+        .map(|name| json!({"match": {"prefix": format!("{WASM_CUSTOM_PREFIX}{name}.")}, "buckets": d.buckets}))
         .collect()
 }
 

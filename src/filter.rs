@@ -22,6 +22,7 @@ mod raw {
         fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
         fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, value: *const u8, value_size: usize) -> u32;
         fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
+        fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
     }
 
     const RESPONSE_HEADERS: u32 = 2;
@@ -43,6 +44,43 @@ mod raw {
 
     pub fn replace_response_body(old_size: usize, body: &[u8]) -> bool {
         unsafe { proxy_set_buffer_bytes(RESPONSE_BODY, 0, old_size, body.as_ptr(), body.len()) == OK }
+    }
+
+    /// The request headers, serialized as proxy-wasm does: one hostcall instead of one per header.
+    pub fn request_header_pairs() -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        if unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) } != OK || data.is_null() {
+            return None;
+        }
+        // The host allocated it through proxy_on_memory_allocate (a boxed slice of `size` bytes).
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+    }
+}
+
+/// Lookups in a serialized proxy-wasm header map (`count`, then `count` pairs of key and value
+/// sizes, then each key and value followed by a NUL), without copying it apart. Every size is
+/// checked against the buffer: a malformed map just finds nothing.
+struct HeaderPairs(Vec<u8>);
+
+impl HeaderPairs {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        let bytes = &self.0;
+        let word = |at: usize| -> Option<usize> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize) };
+        let count = word(0)?;
+        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
+        for i in 0..count {
+            let key_size = word(4 + i * 8)?;
+            let value_size = word(8 + i * 8)?;
+            let key = bytes.get(data..data.checked_add(key_size)?)?;
+            let value_start = data.checked_add(key_size)?.checked_add(1)?;
+            let value_end = value_start.checked_add(value_size)?;
+            if key == name.as_bytes() {
+                return bytes.get(value_start..value_end);
+            }
+            data = value_end.checked_add(1)?;
+        }
+        None
     }
 }
 
@@ -102,6 +140,27 @@ impl MetricHost for EnvoyStats {
     }
 }
 
+thread_local! {
+    /// The VM-memory gauge's id, and the memory size (pages) this VM last reported.
+    static MEMORY_GAUGE: std::cell::Cell<(Option<u32>, usize)> = const { std::cell::Cell::new((None, 0)) };
+}
+
+/// Reports this VM's linear memory when it has grown: the gauge keeps the largest of all the
+/// sidecar's VMs. Reading the size is one Wasm instruction; the hostcalls happen only on growth.
+fn report_memory() {
+    let pages = core::arch::wasm32::memory_size(0);
+    let (id, last) = MEMORY_GAUGE.with(|g| g.get());
+    let Some(id) = id else { return };
+    if pages == last {
+        return;
+    }
+    MEMORY_GAUGE.with(|g| g.set((Some(id), pages)));
+    let bytes = (pages * 65_536) as u64;
+    if hostcalls::get_metric(id).map_or(true, |current| current < bytes) {
+        let _ = hostcalls::record_metric(id, bytes);
+    }
+}
+
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
@@ -111,10 +170,6 @@ fn property_i64(path: &[&str]) -> Option<i64> {
     Some(i64::from_le_bytes(bytes))
 }
 
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
-}
-
 struct Root {
     engine: Option<Rc<RefCell<Engine>>>,
     exposition: Option<Rc<Exposition>>,
@@ -122,7 +177,9 @@ struct Root {
 
 /// The app-exposition rewrite and its self-metric ids.
 struct Exposition {
-    rewriter: Rewriter,
+    /// Mutable only to end migrations at their sunset (on a tick, never during a scrape).
+    rewriter: RefCell<Rewriter>,
+    max_body_bytes: usize,
     paths: Vec<String>,
     outcomes: [Option<u32>; OUTCOMES.len()],
     missing: Vec<Option<u32>>,
@@ -150,6 +207,31 @@ impl Exposition {
 }
 
 impl Context for Root {}
+
+/// How often a VM with running migrations looks at the clock for their sunsets.
+const MIGRATION_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Root {
+    /// Ends the migrations whose sunset has passed, and keeps a tick running while any remain.
+    fn end_migrations(&mut self) {
+        let Some(now) = now_nanos().map(|n| n / 1_000_000_000) else { return };
+        let mut next = None;
+        if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
+            if engine.expire_migrations(now) {
+                log::info!("metricpact: a migration reached its sunset: old traffic names are no longer emitted");
+            }
+            next = engine.next_sunset();
+        }
+        if let Some(mut rewriter) = self.exposition.as_ref().and_then(|e| e.rewriter.try_borrow_mut().ok()) {
+            if rewriter.expire_migrations(now) {
+                log::info!("metricpact: a migration reached its sunset: old exposition names are no longer written");
+            }
+            next = next.into_iter().chain(rewriter.next_sunset()).min();
+        }
+        let period = if next.is_some() { MIGRATION_CHECK_PERIOD } else { std::time::Duration::ZERO };
+        let _ = hostcalls::set_tick_period(period);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -184,13 +266,17 @@ impl RootContext for Root {
         match Engine::new(&config, &node) {
             Ok(mut engine) => {
                 engine.define_self_metrics(&mut EnvoyStats);
+                let gauge = EnvoyStats.define(MetricKind::Gauge, crate::telemetry::VM_MEMORY_METRIC);
+                MEMORY_GAUGE.with(|g| g.set((gauge, 0)));
+                report_memory();
+                self.engine = Some(Rc::new(RefCell::new(engine)));
+                self.end_migrations();
                 log::info!(
                     "metricpact: contract {} {} ({}) loaded",
                     config.contract.name,
                     config.contract.version,
                     config.contract.hash
                 );
-                self.engine = Some(Rc::new(RefCell::new(engine)));
                 true
             }
             Err(e) => {
@@ -200,12 +286,17 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        self.end_migrations();
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             engine: self.engine.clone(),
             exposition: self.exposition.clone(),
             flight: None,
             status: None,
+            response_done: None,
             started_nanos: None,
             scrape: None,
         }))
@@ -221,6 +312,8 @@ struct Stream {
     exposition: Option<Rc<Exposition>>,
     flight: Option<Flight>,
     status: Option<u32>,
+    /// Whether the response reached its end; `None` if its headers never passed this filter.
+    response_done: Option<bool>,
     started_nanos: Option<u64>,
     /// Set while this stream is a metrics scrape whose response we hold for rewriting.
     scrape: Option<Scrape>,
@@ -246,39 +339,44 @@ fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::Expositio
             EnvoyStats.define(MetricKind::Counter, &name)
         })
         .collect();
-    Exposition { rewriter, paths: spec.paths.clone(), outcomes, missing }
+    Exposition { max_body_bytes: rewriter.max_body_bytes(), rewriter: RefCell::new(rewriter), paths: spec.paths.clone(), outcomes, missing }
 }
 
 fn response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
 }
 
-/// The current stream's request, read lazily through hostcalls; `:method` and `:path` are kept
-/// once read, since both the labels and the scrape check want them.
+/// The current stream's request headers, fetched at most once and in one hostcall (hostcalls,
+/// each with a VM re-entry to allocate its result, are most of the filter's cost).
 #[derive(Default)]
 struct HostRequest {
-    method: std::cell::OnceCell<Option<Vec<u8>>>,
-    path: std::cell::OnceCell<Option<Vec<u8>>>,
+    headers: std::cell::OnceCell<Option<HeaderPairs>>,
+}
+
+impl HostRequest {
+    fn get(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers.get_or_init(|| raw::request_header_pairs().map(HeaderPairs)).as_ref()?.get(name).map(<[u8]>::to_vec)
+    }
 }
 
 impl RequestAttributes for HostRequest {
     fn method(&self) -> Option<Vec<u8>> {
-        self.method.get_or_init(|| request_header(":method")).clone()
+        self.get(":method")
     }
     fn path(&self) -> Option<Vec<u8>> {
-        self.path.get_or_init(|| request_header(":path")).clone()
+        self.get(":path")
     }
     fn scheme(&self) -> Option<Vec<u8>> {
-        request_header(":scheme")
+        self.get(":scheme")
     }
     fn forwarded_proto(&self) -> Option<Vec<u8>> {
-        request_header("x-forwarded-proto")
+        self.get("x-forwarded-proto")
     }
     fn protocol(&self) -> Option<Vec<u8>> {
         property(&["request", "protocol"])
     }
     fn header(&self, name: &str) -> Option<Vec<u8>> {
-        request_header(name)
+        self.get(name)
     }
 }
 
@@ -287,6 +385,7 @@ impl RequestAttributes for HostRequest {
 /// they are only the fallback for streams whose response headers never passed this filter.
 struct HostResponse {
     status: Option<u32>,
+    response_done: Option<bool>,
     started_nanos: Option<u64>,
 }
 
@@ -297,6 +396,9 @@ impl ResponseAttributes for HostResponse {
     }
     fn code_details(&self) -> Option<Vec<u8>> {
         property(&["response", "code_details"])
+    }
+    fn completed(&self) -> bool {
+        self.response_done.unwrap_or(true)
     }
     fn duration_nanos(&self) -> Option<u64> {
         match self.started_nanos {
@@ -344,6 +446,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.status = response_header(":status").and_then(|s| parse_status(&s));
+        self.response_done = Some(end_of_stream);
         let Some(scrape) = self.scrape.as_mut() else { return Action::Continue };
         if self.status != Some(200) || end_of_stream {
             self.scrape = None;
@@ -362,7 +465,7 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let declared = response_header("content-length").and_then(|l| std::str::from_utf8(&l).ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|l| l > exposition.rewriter.max_body_bytes()) {
+        if declared.is_some_and(|l| l > exposition.max_body_bytes) {
             exposition.count(TOO_LARGE);
             self.scrape = None;
             return Action::Continue;
@@ -378,9 +481,12 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.response_done = Some(true);
+        }
         let Some(scrape) = self.scrape.as_ref() else { return Action::Continue };
         let exposition = scrape.exposition.clone();
-        if body_size > exposition.rewriter.max_body_bytes() {
+        if body_size > exposition.max_body_bytes {
             // Release what was held, unchanged; the rest streams through.
             exposition.count(TOO_LARGE);
             self.scrape = None;
@@ -396,7 +502,8 @@ impl HttpContext for Stream {
             Ok(Some(body)) => body,
             _ => return Action::Continue,
         };
-        match exposition.rewriter.rewrite_as(&body, format) {
+        let Ok(rewriter) = exposition.rewriter.try_borrow() else { return Action::Continue };
+        match rewriter.rewrite_as(&body, format) {
             Ok(rewritten) => {
                 if raw::replace_response_body(body_size, &rewritten.body) {
                     exposition.count(REWRITTEN);
@@ -413,14 +520,20 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.response_done = Some(true);
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             let flight = match self.flight.take() {
                 Some(flight) => flight,
                 None => engine.late_flight(&mut EnvoyStats, &HostRequest::default()),
             };
-            let response = HostResponse { status: self.status, started_nanos: self.started_nanos };
+            let response = HostResponse { status: self.status, response_done: self.response_done, started_nanos: self.started_nanos };
             engine.finish(&mut EnvoyStats, flight, &response);
         }
+        report_memory();
     }
 }

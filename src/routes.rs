@@ -133,7 +133,9 @@ impl RouteMatcher {
                 }
             };
             let expands = check_template(&rule.template, regex).map_err(err)?;
-            compiled.push(Rule { matcher, template: rule.template.clone(), expands });
+            // A template without captures is the route itself, once `$$` is read as a literal `$`.
+            let template = if expands { rule.template.clone() } else { rule.template.replace("$$", "$") };
+            compiled.push(Rule { matcher, template, expands });
         }
         let set = RegexSet::new(&patterns).map_err(|e| RouteError { rule: 0, message: e.to_string() })?;
         let any_literal = compiled.iter().any(|r| !matches!(r.matcher, Matcher::Regex(_)));
@@ -263,6 +265,20 @@ mod tests {
         let literal = RouteMatcher::new(&[rule(RouteMatch::Prefix("/a".into()), "/a/$x")]);
         assert!(literal.is_err());
         assert!(RouteMatcher::new(&[rule(RouteMatch::Prefix("/a".into()), "/a/$$")]).is_ok());
+    }
+
+    #[test]
+    fn a_double_dollar_is_a_literal_dollar_in_every_template() {
+        // Found by fuzzing (tests/fuzz, stat_names): templates without captures kept `$$`.
+        let t = RouteMatcher::new(&[
+            rule(RouteMatch::Prefix("/price/".into()), "/price/$$"),
+            rule(RouteMatch::Regex("/cost/[0-9]+".into()), "/cost/$${n}"),
+            rule(RouteMatch::Regex("/money/([0-9]+)".into()), "/money/$$$1"),
+        ])
+        .unwrap();
+        assert_eq!(route_text(&t, "/price/9").as_deref(), Some("/price/$"));
+        assert_eq!(route_text(&t, "/cost/9").as_deref(), Some("/cost/${n}"));
+        assert_eq!(route_text(&t, "/money/9").as_deref(), Some("/money/$9"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::config::{ContractInfo, PluginConfig, Source, Unmatched, MAX_LABELS};
+use crate::config::{ContractInfo, MigrationKind, PluginConfig, Source, Unmatched, MAX_LABELS};
 use crate::labels::{sanitize, ValueTable, EMPTY_ID, OTHER_ID};
 use crate::names::OTHER;
 use crate::routes::{RouteMatcher, RouteOutcome};
@@ -17,8 +17,16 @@ pub const LABEL_OVERFLOW_METRIC: &str = "metricpact_label_overflow_total";
 pub const SERIES_OVERFLOW_METRIC: &str = "metricpact_series_overflow_total";
 pub const EXPOSITION_SCRAPES_METRIC: &str = "metricpact_exposition_scrapes_total";
 pub const MISSING_REQUIRED_METRIC: &str = "metricpact_exposition_missing_required_total";
-pub const SELF_METRIC_NAMES: [&str; 5] =
-    [CONTRACT_INFO_METRIC, LABEL_OVERFLOW_METRIC, SERIES_OVERFLOW_METRIC, EXPOSITION_SCRAPES_METRIC, MISSING_REQUIRED_METRIC];
+/// Largest linear memory of the sidecar's metricpact VMs, in bytes (Wasm memory only grows).
+pub const VM_MEMORY_METRIC: &str = "metricpact_vm_memory_bytes";
+pub const SELF_METRIC_NAMES: [&str; 6] = [
+    CONTRACT_INFO_METRIC,
+    LABEL_OVERFLOW_METRIC,
+    SERIES_OVERFLOW_METRIC,
+    EXPOSITION_SCRAPES_METRIC,
+    MISSING_REQUIRED_METRIC,
+    VM_MEMORY_METRIC,
+];
 
 /// Separators of Istio's stat-name label encoding (`name=.=value;.;`).
 const VALUE_SEPARATOR: &str = "=.=";
@@ -64,6 +72,11 @@ pub trait ResponseAttributes {
     /// Envoy's `response.code_details` (e.g. `via_upstream`, `no_healthy_upstream`).
     fn code_details(&self) -> Option<Vec<u8>>;
     fn duration_nanos(&self) -> Option<u64>;
+    /// Whether the response reached its end (`false`: its body was cut short, e.g. the upstream
+    /// reset mid-body; the status then says nothing of the failure).
+    fn completed(&self) -> bool {
+        true
+    }
 }
 
 /// Why the engine could not be built from a configuration.
@@ -116,6 +129,15 @@ struct Label {
 struct Series {
     requests: Option<u32>,
     duration: Option<u32>,
+    /// The same series under a migrated metric's old name (until its sunset).
+    requests_old: Option<u32>,
+    duration_old: Option<u32>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ActiveIds {
+    current: Option<u32>,
+    old: Option<u32>,
 }
 
 /// Per-stream state between request headers and the end of the stream.
@@ -123,6 +145,20 @@ struct Series {
 pub struct Flight {
     ids: Key,
     active: Option<u32>,
+    active_old: Option<u32>,
+}
+
+/// A traffic metric's old name, emitted beside the new one until `sunset_unix`.
+struct OldName {
+    name: String,
+    sunset_unix: u64,
+}
+
+/// A renamed label: its value is written under `old` too, right after the label at `position`.
+struct LabelAlias {
+    position: usize,
+    old: String,
+    sunset_unix: u64,
 }
 
 /// Counts the engine keeps, for tests and diagnostics.
@@ -158,7 +194,7 @@ pub struct Engine {
     /// Which label positions the active gauge carries.
     active_mask: [bool; MAX_LABELS],
     series: IdMap<Series>,
-    active_series: IdMap<Option<u32>>,
+    active_series: IdMap<ActiveIds>,
     /// Keys the shared budget refused, remembered (up to `max_series`) to skip asking again.
     refused: IdMap<()>,
     refused_active: IdMap<()>,
@@ -168,6 +204,10 @@ pub struct Engine {
     /// Process-wide budget scopes of the traffic series and of the active gauge's series.
     series_scope: String,
     active_scope: String,
+    requests_old: Option<OldName>,
+    duration_old: Option<OldName>,
+    active_old: Option<OldName>,
+    label_aliases: Vec<LabelAlias>,
 }
 
 impl Engine {
@@ -203,9 +243,10 @@ impl Engine {
             }
             let default_id = table.intern_fixed(&clean(spec.default.as_bytes()));
             let static_id = spec.sources.iter().all(Source::is_static).then(|| {
+                // The first source with a value wins: an empty one falls through to the next.
                 let value = spec.sources.iter().find_map(|s| match s {
-                    Source::Constant { value } => Some(clean(value.as_bytes())),
-                    Source::Node { key, field } => node(key, field.as_deref()).map(|v| clean(&v)),
+                    Source::Constant { value } => Some(clean(value.as_bytes())).filter(|v| !v.is_empty()),
+                    Source::Node { key, field } => node(key, field.as_deref()).map(|v| clean(&v)).filter(|v| !v.is_empty()),
                     _ => None,
                 });
                 match value.filter(|v| !v.is_empty()) {
@@ -213,9 +254,20 @@ impl Engine {
                     None => default_id,
                 }
             });
+            // Node metadata is read here only: in a chain with request sources, it becomes the
+            // constant it is for this sidecar (or goes, when the node lacks it).
+            let sources = spec
+                .sources
+                .iter()
+                .filter_map(|s| match s {
+                    Source::Node { key, field } => node(key, field.as_deref())
+                        .map(|v| Source::Constant { value: String::from_utf8_lossy(&v).into_owned() }),
+                    other => Some(other.clone()),
+                })
+                .collect();
             labels.push(Label {
                 name: spec.name.clone(),
-                sources: spec.sources.clone(),
+                sources,
                 default_id,
                 static_id,
                 response_side: spec.sources.iter().any(Source::is_response_side),
@@ -225,6 +277,19 @@ impl Engine {
             });
             tables.push(table);
         }
+        let old_name = |metric: Option<&String>| {
+            let m = config.old_metric_name(metric?)?;
+            Some(OldName { name: m.old.clone(), sunset_unix: m.sunset_unix })
+        };
+        let label_aliases = config
+            .migrations
+            .iter()
+            .filter(|m| m.kind == MigrationKind::Label)
+            .filter_map(|m| {
+                let position = labels.iter().position(|l| l.name == m.new)?;
+                Some(LabelAlias { position, old: m.old.clone(), sunset_unix: m.sunset_unix })
+            })
+            .collect();
         let mut active_mask = [false; MAX_LABELS];
         if let Some(active) = &config.active_requests {
             for name in &active.labels {
@@ -260,7 +325,60 @@ impl Engine {
             series_overflows: 0,
             series_scope: format!("{}.series", scope_prefix(config)),
             active_scope: format!("{}.active", scope_prefix(config)),
+            requests_old: old_name(config.requests.as_ref().map(|m| &m.name)),
+            duration_old: old_name(config.duration.as_ref().map(|m| &m.name)),
+            active_old: old_name(config.active_requests.as_ref().map(|m| &m.name)),
+            label_aliases,
         })
+    }
+
+    /// Ends the migrations whose sunset has passed at `now_unix` (seconds); the filter calls it at
+    /// configure time and then periodically. Old metric names stop counting at once. An ended
+    /// label alias changes every series name, so the series are defined afresh without it, under
+    /// new budget scopes (the old stats stay in Envoy, frozen). Returns whether anything ended.
+    pub fn expire_migrations(&mut self, now_unix: u64) -> bool {
+        let mut ended = false;
+        for old in [&mut self.requests_old, &mut self.duration_old, &mut self.active_old] {
+            if old.as_ref().is_some_and(|o| o.sunset_unix <= now_unix) {
+                *old = None;
+                ended = true;
+            }
+        }
+        if ended {
+            for series in self.series.values_mut() {
+                if self.requests_old.is_none() {
+                    series.requests_old = None;
+                }
+                if self.duration_old.is_none() {
+                    series.duration_old = None;
+                }
+            }
+            if self.active_old.is_none() {
+                for ids in self.active_series.values_mut() {
+                    ids.old = None;
+                }
+            }
+        }
+        // Every VM ends an alias at its own tick; naming the new scopes after the sunset (not the
+        // tick time) keeps the budgets shared.
+        let ended_alias = self.label_aliases.iter().map(|a| a.sunset_unix).filter(|&s| s <= now_unix).max();
+        self.label_aliases.retain(|a| a.sunset_unix > now_unix);
+        if let Some(sunset) = ended_alias {
+            ended = true;
+            self.series.clear();
+            self.active_series.clear();
+            self.refused.clear();
+            self.refused_active.clear();
+            self.series_scope = format!("{}.{sunset}", self.series_scope);
+            self.active_scope = format!("{}.{sunset}", self.active_scope);
+        }
+        ended
+    }
+
+    /// The earliest sunset of a migration still running, if any.
+    pub fn next_sunset(&self) -> Option<u64> {
+        let metrics = [&self.requests_old, &self.duration_old, &self.active_old].into_iter().flatten().map(|o| o.sunset_unix);
+        metrics.chain(self.label_aliases.iter().map(|a| a.sunset_unix)).min()
     }
 
     /// Defines the self-metrics; call once after construction.
@@ -314,7 +432,7 @@ impl Engine {
         for (i, label) in self.labels.iter().enumerate() {
             ids[i] = label.static_id.unwrap_or(label.default_id);
         }
-        Flight { ids, active: None }
+        Flight { ids, active: None, active_old: None }
     }
 
     /// Called at request headers: resolves request-side labels and marks the request active.
@@ -349,8 +467,10 @@ impl Engine {
                     *slot = flight.ids[i];
                 }
             }
-            flight.active = self.active_id(host, key);
-            if let Some(id) = flight.active {
+            let ids = self.active_id(host, key);
+            flight.active = ids.current;
+            flight.active_old = ids.old;
+            for id in [ids.current, ids.old].into_iter().flatten() {
                 host.increment(id, 1);
             }
         }
@@ -360,17 +480,25 @@ impl Engine {
     /// Called when the stream is done (Envoy's access-log time): counts the request, records its
     /// duration and ends its active mark.
     pub fn finish(&mut self, host: &mut dyn MetricHost, mut flight: Flight, response: &dyn ResponseAttributes) {
-        if let Some(id) = flight.active.take() {
+        for id in [flight.active.take(), flight.active_old.take()].into_iter().flatten() {
             host.increment(id, -1);
         }
         if self.requests.is_none() && self.duration.is_none() {
             return;
         }
         let status = response.status_code().filter(|s| (100..=999).contains(s));
-        let failed = status.is_none_or(|s| s >= 500);
+        let cut_short = !response.completed();
+        let failed = cut_short || status.is_none_or(|s| s >= 500);
         // Details are a hostcall: fetched only for failures, and only if a label wants them.
-        let error = (failed && self.needs_error_type)
-            .then(|| error_type(status, response.code_details().as_deref()));
+        let error = (failed && self.needs_error_type).then(|| {
+            let details = response.code_details();
+            match failure_class(details.as_deref()) {
+                Some(class) => Cow::Borrowed(class),
+                // A cut-short 2xx with no known cause still failed: never report its status as the error.
+                None if cut_short && status.is_some_and(|s| s < 500) => Cow::Borrowed(OTHER),
+                None => error_type(status, details.as_deref()),
+            }
+        });
         let mut code = itoa3::Buffer::default();
         let code = status.map(|s| code.format(s));
         for i in 0..self.labels.len() {
@@ -387,12 +515,14 @@ impl Engine {
             flight.ids[i] = intern(&mut self.tables[i], label, host, value, self.max_value_length);
         }
         let series = self.series_for(host, flight.ids);
-        if let Some(id) = series.requests {
+        for id in [series.requests, series.requests_old].into_iter().flatten() {
             host.increment(id, 1);
         }
-        if let Some(id) = series.duration {
+        if series.duration.is_some() || series.duration_old.is_some() {
             if let Some(nanos) = response.duration_nanos() {
-                host.record(id, nanos / self.duration_unit_nanos);
+                for id in [series.duration, series.duration_old].into_iter().flatten() {
+                    host.record(id, nanos / self.duration_unit_nanos);
+                }
             }
         }
     }
@@ -416,20 +546,22 @@ impl Engine {
                 (overflow, self.encode_key(&overflow, None))
             }
         };
-        let define = |host: &mut dyn MetricHost, kind, metric: &Option<String>| {
-            metric.as_ref().and_then(|name| host.define(kind, &format!("{name}.{tags}")))
+        let define = |host: &mut dyn MetricHost, kind, metric: Option<&str>| {
+            metric.and_then(|name| host.define(kind, &format!("{name}.{tags}")))
         };
         let series = Series {
-            requests: define(host, MetricKind::Counter, &self.requests),
-            duration: define(host, MetricKind::Histogram, &self.duration),
+            requests: define(host, MetricKind::Counter, self.requests.as_deref()),
+            duration: define(host, MetricKind::Histogram, self.duration.as_deref()),
+            requests_old: define(host, MetricKind::Counter, self.requests_old.as_ref().map(|o| o.name.as_str())),
+            duration_old: define(host, MetricKind::Histogram, self.duration_old.as_ref().map(|o| o.name.as_str())),
         };
         self.series.insert(key, series);
         series
     }
 
-    fn active_id(&mut self, host: &mut dyn MetricHost, key: Key) -> Option<u32> {
-        if let Some(id) = self.active_series.get(&key) {
-            return *id;
+    fn active_id(&mut self, host: &mut dyn MetricHost, key: Key) -> ActiveIds {
+        if let Some(ids) = self.active_series.get(&key) {
+            return *ids;
         }
         let admitted = (!self.refused_active.contains_key(&key))
             .then(|| self.encode_key(&key, Some(&self.active_mask)))
@@ -440,15 +572,16 @@ impl Engine {
                 remember_refusal(&mut self.refused_active, key, self.max_series);
                 self.note_series_overflow(host, true);
                 let overflow = self.overflow_key(key);
-                if let Some(id) = self.active_series.get(&overflow) {
-                    return *id;
+                if let Some(ids) = self.active_series.get(&overflow) {
+                    return *ids;
                 }
                 (overflow, self.encode_key(&overflow, Some(&self.active_mask)))
             }
         };
-        let id = host.define(MetricKind::Gauge, &format!("{}.{tags}", self.active.as_ref()?));
-        self.active_series.insert(key, id);
-        id
+        let mut define = |name: Option<&str>| name.and_then(|name| host.define(MetricKind::Gauge, &format!("{name}.{tags}")));
+        let ids = ActiveIds { current: define(self.active.as_deref()), old: define(self.active_old.as_ref().map(|o| o.name.as_str())) };
+        self.active_series.insert(key, ids);
+        ids
     }
 
     /// Whether a label combination new to this VM fits the sidecar-wide series budget.
@@ -487,7 +620,11 @@ impl Engine {
             if mask.is_some_and(|m| !m[i]) {
                 continue;
             }
-            push_tag(&mut out, &label.name, self.tables[i].value(key[i]));
+            let value = self.tables[i].value(key[i]);
+            push_tag(&mut out, &label.name, value);
+            for alias in self.label_aliases.iter().filter(|a| a.position == i) {
+                push_tag(&mut out, &alias.old, value);
+            }
         }
         out
     }
@@ -569,6 +706,8 @@ impl Normalizer {
             Source::RequestHeader { name } => {
                 request.header(name).map(|v| Cow::Owned(String::from_utf8_lossy(&v).into_owned()))
             }
+            // A static source after request sources that yielded nothing.
+            Source::Constant { value } => Some(Cow::Owned(value.clone())),
             _ => None,
         }
     }
@@ -635,8 +774,17 @@ pub fn status_class(status: u32) -> &'static str {
 /// OTel `error.type` for a failed server request: a proxy failure class when Envoy's response
 /// details say the response did not come from the upstream, else the 5xx status as a string.
 pub fn error_type(status: Option<u32>, details: Option<&[u8]>) -> Cow<'static, str> {
+    match (failure_class(details), status) {
+        (Some(class), _) => Cow::Borrowed(class),
+        (None, Some(status)) => Cow::Owned(status.to_string()),
+        (None, None) => Cow::Borrowed(OTHER),
+    }
+}
+
+/// The proxy failure class Envoy's response details name, if any.
+fn failure_class(details: Option<&[u8]>) -> Option<&'static str> {
     let details = details.and_then(|d| std::str::from_utf8(d).ok()).unwrap_or("");
-    let class = if details.is_empty() || details == "via_upstream" {
+    if details.is_empty() || details == "via_upstream" {
         None
     } else if details.contains("timeout") || details == "max_duration_reached" {
         Some("timeout")
@@ -654,11 +802,6 @@ pub fn error_type(status: Option<u32>, details: Option<&[u8]>) -> Cow<'static, s
         Some("overload")
     } else {
         None
-    };
-    match (class, status) {
-        (Some(class), _) => Cow::Borrowed(class),
-        (None, Some(status)) => Cow::Owned(status.to_string()),
-        (None, None) => Cow::Borrowed(OTHER),
     }
 }
 

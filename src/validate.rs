@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::config::{PluginConfig, MAX_LABELS};
+use crate::config::{MigrationKind, PluginConfig, MAX_LABELS};
 use crate::names;
 
 /// Checks everything that does not need regex compilation; returns the first problem.
@@ -39,6 +39,34 @@ pub fn plugin_config(config: &PluginConfig) -> Result<(), String> {
             };
             if label.sources.iter().any(|s| s.is_response_side()) {
                 return Err(format!("active_requests label `{name}` comes from the response, which an in-flight request does not have yet"));
+            }
+        }
+    }
+    for migration in &config.migrations {
+        let (old, new) = (&migration.old, &migration.new);
+        match migration.kind {
+            MigrationKind::Metric => {
+                let current = [config.requests.as_ref().map(|m| &m.name), config.duration.as_ref().map(|m| &m.name), config.active_requests.as_ref().map(|m| &m.name)];
+                if !current.iter().flatten().any(|n| *n == new) {
+                    return Err(format!("migration of `{old}`: `{new}` is not one of the contract's traffic metrics"));
+                }
+                if current.iter().flatten().any(|n| *n == old) {
+                    return Err(format!("migration of `{old}`: the old name is still a traffic metric of the contract"));
+                }
+            }
+            MigrationKind::Label => {
+                if !config.labels.iter().any(|l| &l.name == new) {
+                    return Err(format!("migration of label `{old}`: `{new}` is not one of the contract's labels"));
+                }
+                if !names::is_valid_label_name(old) {
+                    return Err(format!("`{old}` is not a valid Prometheus label name"));
+                }
+                if !seen.insert(old.as_str()) {
+                    return Err(format!("label `{old}` is both a label and a migrated label's old name"));
+                }
+                if let Some(reason) = label_name_conflict(old, &tags) {
+                    return Err(reason);
+                }
             }
         }
     }

@@ -314,3 +314,100 @@ fn diff_classifies_changes_and_names_what_they_break() {
     let out = metricpact(&["diff", old.to_str().unwrap(), old.to_str().unwrap()]);
     assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "no changes to the metrics contract\n"));
 }
+
+/// The shipped default contract with its request counter and `url_scheme` label renamed, the
+/// renames declared as migrations ending on `sunset`; returns the file and the sunset's line.
+fn migrating_contract(name: &str, sunset: &str) -> (PathBuf, usize) {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml")).unwrap();
+    let renamed = base
+        .replace("name: http_server_requests_total     # must end in _total", "name: http_requests_total")
+        .replace("  - name: url_scheme\n", "  - name: http_scheme\n")
+        .replace("labels: [http_request_method, url_scheme,", "labels: [http_request_method, http_scheme,");
+    assert_ne!(renamed, base);
+    let text = format!(
+        "{renamed}migrations:\n  - metric: http_server_requests_total\n    renamed_to: http_requests_total\n    sunset: {sunset}\n  - label: url_scheme\n    renamed_to: http_scheme\n    sunset: {sunset}\n    note: dashboards team moves first\n"
+    );
+    let line = renamed.lines().count() + 4;
+    (temp_contract(name, &text), line)
+}
+
+fn metricpact_on(today: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_metricpact")).env("METRICPACT_TODAY", today).args(args).output().expect("run metricpact")
+}
+
+#[test]
+fn check_judges_migrations_by_their_sunset() {
+    let (file, line) = migrating_contract("migrating.yaml", "2027-02-01");
+    let path = file.to_str().unwrap();
+    let out = metricpact_on("2026-11-23", &["check", path]);
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), ""));
+    let out = metricpact_on("2027-01-31", &["check", path]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{path}:{line}:13: warning: metric `http_server_requests_total` stops being emitted in 1 day (2027-02-01): move what still queries it to `http_requests_total`\n\
+             {path}:{}:13: warning: label `url_scheme` stops being emitted in 1 day (2027-02-01): move what still queries it to `http_scheme`\n",
+            line + 3
+        )
+    );
+    assert_eq!(metricpact_on("2027-01-31", &["check", "--strict", path]).status.code(), Some(1));
+    let out = metricpact_on("2027-02-01", &["check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with(&format!(
+        "{path}:{line}:13: error: the migration of metric `http_server_requests_total` to `http_requests_total` ended on 2027-02-01: remove it (and the old name's last users)\n"
+    )), "{}", stdout(&out));
+    let out = metricpact_on("2027-2-1", &["check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("METRICPACT_TODAY=`2027-2-1` is not a YYYY-MM-DD date"), "{}", stdout(&out));
+}
+
+#[test]
+fn bad_migrations_are_reported_where_they_are() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml")).unwrap();
+    let line = base.lines().count();
+    let text = format!(
+        "{base}migrations:\n  - metric: http_old_total\n    renamed_to: http_nope_total\n    sunset: 2099-01-01\n  - label: http_route\n    renamed_to: url_scheme\n    sunset: 2099-01-01\n  - label: pod\n    renamed_to: http_route\n    sunset: 2099-01-01\n  - metric: x_total\n    label: y\n    renamed_to: http_route\n    sunset: 2099-01-01\n  - label: old_route\n    renamed_to: http_route\n    sunset: 2099-02-30\n"
+    );
+    let file = temp_contract("bad-migrations.yaml", &text);
+    let path = file.to_str().unwrap();
+    let out = metricpact_on("2026-11-23", &["check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{path}:{}:17: error: `http_nope_total` is not a traffic metric of this contract (and the contract has no `exposition` section)\n\
+             {path}:{}:12: error: `http_route` is still a label of this contract: a migration keeps an old name alive beside a new one\n\
+             {path}:{}:12: error: label `pod` collides with the `pod` target label Prometheus attaches to every scraped series; use a distinct name such as `k8s_pod_name`\n\
+             {path}:{}:5: error: a migration needs exactly one of `metric` or `label` (the old name)\n\
+             {path}:{}:13: error: sunset `2099-02-30` is not a date in the form YYYY-MM-DD\n",
+            line + 3, line + 5, line + 8, line + 11, line + 17
+        )
+    );
+}
+
+#[test]
+fn diff_accepts_renames_declared_as_migrations() {
+    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml");
+    let (new, _) = migrating_contract("diff-migrating.yaml", "2027-02-01");
+    let out = metricpact_on("2026-11-23", &["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "compatible: [metric-migrated] request counter renamed from `http_server_requests_total` to `http_requests_total` with a migration: both names are emitted until 2027-02-01; move queries on `http_server_requests_total` before then\n\
+             compatible: [label-migrated] label `url_scheme` renamed to `http_scheme` with a migration: series carry both until 2027-02-01\n\
+             compatible: [label-added] label `http_scheme` added: existing series split, sums are unchanged\n"
+        )
+    );
+    // Once the sunset has passed the new contract no longer compiles, so diff cannot pass it.
+    let out = metricpact_on("2027-02-01", &["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    // The compiled configuration carries the migrations and the Envoy stats config extracts the old label.
+    let compiled = metricpact_on("2026-11-23", &["compile", new.to_str().unwrap()]);
+    let config = PluginConfig::from_json(&compiled.stdout).unwrap();
+    let migrations: Vec<_> = config.migrations.iter().map(|m| (m.old.as_str(), m.new.as_str(), m.sunset_unix)).collect();
+    assert_eq!(migrations, [("http_server_requests_total", "http_requests_total", 1_801_440_000), ("url_scheme", "http_scheme", 1_801_440_000)]);
+    let stats = stdout(&metricpact_on("2026-11-23", &["envoy-stats", new.to_str().unwrap()]));
+    assert!(stats.contains("\"tag_name\": \"url_scheme\""), "{stats}");
+}

@@ -108,6 +108,15 @@ pub fn check(file: &File, contract: &Contract) -> (PluginConfig, Deployment, Vec
     (config, deployment, diags)
 }
 
+impl super::migrations::Findings for Checker<'_> {
+    fn error(&mut self, at: &Location, message: String) {
+        Checker::error(self, at, message);
+    }
+    fn warn(&mut self, at: &Location, message: String) {
+        Checker::warn(self, at, message);
+    }
+}
+
 impl super::deploy::Report for Checker<'_> {
     fn error(&mut self, at: &Location, message: String) {
         Checker::error(self, at, message);
@@ -165,6 +174,7 @@ impl Checker<'_> {
             max_series,
             max_value_length,
             exposition: None,
+            migrations: Vec::new(),
         };
         let mut config = config;
         if let Some(def) = &c.exposition {
@@ -173,6 +183,23 @@ impl Checker<'_> {
             for (at, m) in warnings {
                 self.warn(&at, m);
             }
+        }
+        if let Some(defs) = &c.migrations {
+            let today = super::migrations::today().unwrap_or_else(|e| {
+                self.error(&c.format.referenced, e);
+                0
+            });
+            let names = config.exposition.as_ref().map(|e| super::migrations::ExpositionNames {
+                metrics: e
+                    .rename_metrics
+                    .iter()
+                    .filter(|r| matches!(r.matcher, crate::config::NameMatch::Exact(_)))
+                    .map(|r| r.to.clone())
+                    .chain(e.require_metrics.iter().cloned())
+                    .collect(),
+                labels: e.rename_labels.iter().map(|r| r.to.clone()).chain(e.inject_labels.iter().map(|i| i.name.clone())).collect(),
+            });
+            super::migrations::lower(defs, &mut config, names.as_ref(), today, self);
         }
         if config.requests.is_none() && config.duration.is_none() && config.active_requests.is_none() {
             self.warn(&c.name.referenced, "every traffic metric is disabled: the filter will only export its self-metrics");

@@ -149,6 +149,8 @@ fn client_config(contract: &Contract, server: &PluginConfig, report: &mut dyn Re
         value
     };
     let mut client = server.clone();
+    // Metric renames concern the server-side names; label renames hold for both sides.
+    client.migrations.retain(|m| m.kind == crate::config::MigrationKind::Label);
     client.requests = server.requests.as_ref().map(|_| MetricSpec {
         name: name(&def.requests, "http_client_requests_total".into(), &|n| {
             (!n.ends_with("_total")).then(|| format!("counter `{n}` must end in `_total`"))

@@ -2,7 +2,7 @@
 //! rendered autoscaling objects (KEDA triggers, adapter rules, recording rules) each breaking
 //! change would break.
 
-use crate::config::{LabelSpec, PluginConfig, RouteMatch};
+use crate::config::{LabelSpec, Migration, MigrationKind, PluginConfig, RouteMatch};
 
 use super::deploy::Deployment;
 
@@ -41,17 +41,33 @@ fn latency_consumers(name: &str) -> Vec<String> {
     ]
 }
 
-struct Differ {
+struct Differ<'a> {
     changes: Vec<Change>,
+    /// Renames the new version declares (traffic and exposition): old names still emitted.
+    migrations: Vec<&'a Migration>,
 }
 
-impl Differ {
+impl Differ<'_> {
+    /// The new version's migration from `old` to `new`, if it declares one.
+    fn migration(&self, kind: MigrationKind, old: &str, new: Option<&str>) -> Option<&Migration> {
+        self.migrations.iter().copied().find(|m| m.kind == kind && m.old == old && new.is_none_or(|n| m.new == n))
+    }
+
     fn push(&mut self, impact: Impact, rule: &'static str, message: String, breaks: Vec<String>) {
         self.changes.push(Change { impact, rule, message, breaks });
     }
 
     fn metric(&mut self, what: &str, old: Option<&str>, new: Option<&str>, consumers: fn(&str) -> Vec<String>) {
         match (old, new) {
+            (Some(o), Some(n)) if o != n && self.migration(MigrationKind::Metric, o, Some(n)).is_some() => {
+                let sunset = self.migration(MigrationKind::Metric, o, Some(n)).map(|m| m.sunset.clone()).unwrap_or_default();
+                self.push(
+                    Impact::Compatible,
+                    "metric-migrated",
+                    format!("{what} renamed from `{o}` to `{n}` with a migration: both names are emitted until {sunset}; move queries on `{o}` before then"),
+                    vec![],
+                )
+            }
             (Some(o), Some(n)) if o != n => self.push(
                 Impact::Breaking,
                 "metric-renamed",
@@ -79,7 +95,8 @@ fn route_key(m: &RouteMatch) -> String {
 
 /// Every change from `old` to `new`, breaking ones first.
 pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new_deploy: &Deployment) -> Vec<Change> {
-    let mut d = Differ { changes: Vec::new() };
+    let exposition_migrations = new.exposition.iter().flat_map(|e| &e.migrations);
+    let mut d = Differ { changes: Vec::new(), migrations: new.migrations.iter().chain(exposition_migrations).collect() };
     d.metric("request counter", old.requests.as_ref().map(|m| m.name.as_str()), new.requests.as_ref().map(|m| m.name.as_str()), qps_consumers);
     d.metric("duration histogram", old.duration.as_ref().map(|m| m.name.as_str()), new.duration.as_ref().map(|m| m.name.as_str()), latency_consumers);
     d.metric("active-requests gauge", old.active_requests.as_ref().map(|m| m.name.as_str()), new.active_requests.as_ref().map(|m| m.name.as_str()), |_| vec![]);
@@ -93,6 +110,11 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
     }
     for l in &old.labels {
         match label(new, &l.name) {
+            None if d.migration(MigrationKind::Label, &l.name, None).is_some_and(|m| label(new, &m.new).is_some()) => {
+                let m = d.migration(MigrationKind::Label, &l.name, None).cloned();
+                let (to, sunset) = m.map(|m| (m.new, m.sunset)).unwrap_or_default();
+                d.push(Impact::Compatible, "label-migrated", format!("label `{}` renamed to `{to}` with a migration: series carry both until {sunset}", l.name), vec![]);
+            }
             None => d.push(Impact::Breaking, "label-removed", format!("label `{}` is gone: queries, dashboards and alerts selecting or grouping by it break", l.name), vec![]),
             Some(n) => {
                 if n.sources != l.sources {
@@ -151,6 +173,10 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
     if let (Some(o), Some(n)) = (&old.exposition, &new.exposition) {
         for name in &o.require_metrics {
             if !n.require_metrics.contains(name) {
+                if let Some(m) = d.migration(MigrationKind::Metric, name, None).cloned() {
+                    d.push(Impact::Compatible, "metric-migrated", format!("app metric `{name}` renamed to `{}` with a migration: both names are written until {}", m.new, m.sunset), vec![]);
+                    continue;
+                }
                 d.push(Impact::Breaking, "required-metric-removed", format!("app metric `{name}` is no longer required (renamed or dropped?)"), vec![]);
             }
         }

@@ -217,5 +217,6 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report, warn: &mut d
         drop_labels,
         inject_labels,
         require_metrics,
+        migrations: Vec::new(),
     }
 }

@@ -8,4 +8,5 @@ pub mod diff;
 pub mod verify;
 pub mod exposition;
 pub mod load;
+pub mod migrations;
 pub mod model;

@@ -67,6 +67,37 @@ pub struct Contract {
     #[serde(default)]
     #[schemars(with = "Option<ExpositionDef>")]
     pub exposition: Option<Spanned<ExpositionDef>>,
+    /// Renames in progress: each old metric or label name is still emitted beside its new name
+    /// until the sunset date, so dashboards, alerts and autoscalers can move at their own pace.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<MigrationDef>>")]
+    pub migrations: Option<Vec<Spanned<MigrationDef>>>,
+}
+
+/// One rename in progress: give `metric` or `label` (the old name), `renamed_to` and `sunset`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationDef {
+    /// The metric's old name, as queried (counters with `_total`): a traffic metric's previous
+    /// name, or the previous name of an app metric in the rewritten exposition.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub metric: Option<Spanned<String>>,
+    /// The label's old name (a traffic label, or a label of the rewritten exposition).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub label: Option<Spanned<String>>,
+    /// The current name: a traffic metric or label of this contract, or a metric or label name
+    /// the exposition rewrite produces.
+    #[schemars(with = "String")]
+    pub renamed_to: Spanned<String>,
+    /// Day the old name stops being emitted (`YYYY-MM-DD`, from 00:00 UTC). `check` warns in the
+    /// 30 days before it and fails from that day on: remove the migration then.
+    #[schemars(with = "String")]
+    pub sunset: Spanned<String>,
+    /// Free text for reviewers (who is moving, where to ask).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// The app-exposition rewrite. Operations apply in this order: keep/drop metrics and drop

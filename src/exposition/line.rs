@@ -12,71 +12,120 @@ pub struct Sample<'a> {
     pub rest: &'a str,
 }
 
+/// Byte classes for the scanner: a table lookup per byte instead of a chain of comparisons.
+const NAME_CHAR: u8 = 1;
+const NAME_START: u8 = 2;
+
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alpha = c.is_ascii_alphabetic() || c == b'_' || c == b':';
+        if alpha || c.is_ascii_digit() {
+            table[b] |= NAME_CHAR;
+        }
+        if alpha {
+            table[b] |= NAME_START;
+        }
+        b += 1;
+    }
+    table
+};
+
 pub fn is_metric_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_' || b == b':')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+    let bytes = s.as_bytes();
+    !bytes.is_empty() && CLASS[bytes[0] as usize] & NAME_START != 0 && name_end(bytes, 1) == bytes.len()
 }
 
-fn name_end(s: &str) -> usize {
-    s.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b':')).unwrap_or(s.len())
+/// End of the run of name characters starting at `from`.
+fn name_end(bytes: &[u8], mut from: usize) -> usize {
+    while from < bytes.len() && CLASS[bytes[from] as usize] & NAME_CHAR != 0 {
+        from += 1;
+    }
+    from
 }
 
-/// Parses `name{a="x",b="y"} 1 123`; `None` when the line is not a well-formed sample.
+fn skip_spaces(bytes: &[u8], mut from: usize) -> usize {
+    while bytes.get(from) == Some(&b' ') {
+        from += 1;
+    }
+    from
+}
+
+/// Parses `name{a="x",b="y"} 1 123`; `None` when the line is not a well-formed sample. One pass
+/// over the bytes; label names and values are slices of the line.
 pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
-    let end = name_end(line);
-    let name = &line[..end];
-    if !is_metric_name(name) {
+    let bytes = line.as_bytes();
+    if bytes.is_empty() || CLASS[bytes[0] as usize] & NAME_START == 0 {
         return None;
     }
-    let mut rest = &line[end..];
+    let mut i = name_end(bytes, 1);
+    let name = &line[..i];
     let mut labels = Vec::new();
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut s = body;
+    if bytes.get(i) == Some(&b'{') {
+        i += 1;
         loop {
-            s = s.trim_start_matches(' ');
-            if let Some(after) = s.strip_prefix('}') {
-                rest = after;
+            i = skip_spaces(bytes, i);
+            if *bytes.get(i)? == b'}' {
+                i += 1;
                 break;
             }
-            let n_end = name_end(s);
-            let label = &s[..n_end];
-            if label.is_empty() || label.as_bytes()[0].is_ascii_digit() {
+            let label_start = i;
+            i = name_end(bytes, i);
+            if i == label_start || bytes[label_start].is_ascii_digit() {
                 return None;
             }
-            s = s[n_end..].trim_start_matches(' ').strip_prefix('=')?.trim_start_matches(' ').strip_prefix('"')?;
-            let v_end = closing_quote(s)?;
-            labels.push((label, &s[..v_end]));
-            s = s[v_end + 1..].trim_start_matches(' ');
-            if let Some(after) = s.strip_prefix(',') {
-                s = after;
-            } else if !s.starts_with('}') {
+            let label = &line[label_start..i];
+            i = skip_spaces(bytes, i);
+            if bytes.get(i) != Some(&b'=') {
                 return None;
+            }
+            i = skip_spaces(bytes, i + 1);
+            if bytes.get(i) != Some(&b'"') {
+                return None;
+            }
+            i += 1;
+            let value_start = i;
+            loop {
+                match *bytes.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => break,
+                    b'\n' => return None,
+                    _ => i += 1,
+                }
+            }
+            labels.push((label, &line[value_start..i]));
+            i = skip_spaces(bytes, i + 1);
+            match bytes.get(i) {
+                Some(b',') => i += 1,
+                Some(b'}') => {}
+                _ => return None,
             }
         }
     }
     // A value must follow, separated by whitespace.
-    if !rest.starts_with([' ', '\t']) {
+    if !matches!(bytes.get(i), Some(b' ' | b'\t')) {
         return None;
     }
+    let rest = &line[i..];
     let value = rest.split_whitespace().next()?;
-    parse_value(value)?;
+    if !is_plain_decimal(value) {
+        parse_value(value)?;
+    }
     Some(Sample { name, labels, rest })
 }
 
-/// Index of the quote closing a label value (escapes skipped).
-fn closing_quote(s: &str) -> Option<usize> {
+/// `[+-]?digits[.digits]`: the common value, accepted without a float parse (a subset of what
+/// [`parse_value`] accepts).
+fn is_plain_decimal(s: &str) -> bool {
     let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i),
-            b'\n' => return None,
-            _ => i += 1,
-        }
-    }
-    None
+    let digits = bytes.strip_prefix(b"-").or_else(|| bytes.strip_prefix(b"+")).unwrap_or(bytes);
+    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &digits[..0]),
+    };
+    !whole.is_empty() && whole.iter().all(u8::is_ascii_digit) && fraction.iter().all(u8::is_ascii_digit)
 }
 
 pub fn parse_value(s: &str) -> Option<f64> {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::config::{ExpositionSpec, NameMatch, Source};
+use crate::config::{ExpositionSpec, MigrationKind, NameMatch, Source};
 use crate::labels::sanitize;
 use line::{escape_label_value, parse_sample, unescape_label_value, Sample};
 
@@ -169,6 +169,10 @@ pub struct Rewriter {
     injects: Vec<Inject>,
     required: Vec<String>,
     max_body_bytes: usize,
+    /// Migrated families: final name (text naming) → (old name, sunset in Unix seconds).
+    metric_aliases: HashMap<String, (String, u64)>,
+    /// Migrated labels: (new name, old name, sunset in Unix seconds).
+    label_aliases: Vec<(String, String, u64)>,
 }
 
 impl Rewriter {
@@ -226,7 +230,47 @@ impl Rewriter {
             injects,
             required: spec.require_metrics.clone(),
             max_body_bytes: spec.max_body_bytes as usize,
+            metric_aliases: spec
+                .migrations
+                .iter()
+                .filter(|m| m.kind == MigrationKind::Metric)
+                .map(|m| (m.new.clone(), (m.old.clone(), m.sunset_unix)))
+                .collect(),
+            label_aliases: spec
+                .migrations
+                .iter()
+                .filter(|m| m.kind == MigrationKind::Label)
+                .map(|m| (m.new.clone(), m.old.clone(), m.sunset_unix))
+                .collect(),
         })
+    }
+
+    /// Stops writing old names whose sunset has passed at `now_unix` (seconds); returns whether
+    /// any migration ended.
+    pub fn expire_migrations(&mut self, now_unix: u64) -> bool {
+        let before = self.metric_aliases.len() + self.label_aliases.len();
+        self.metric_aliases.retain(|_, (_, sunset)| *sunset > now_unix);
+        self.label_aliases.retain(|(_, _, sunset)| *sunset > now_unix);
+        before != self.metric_aliases.len() + self.label_aliases.len()
+    }
+
+    /// The earliest sunset of a migration still running, if any.
+    pub fn next_sunset(&self) -> Option<u64> {
+        let metrics = self.metric_aliases.values().map(|(_, sunset)| *sunset);
+        metrics.chain(self.label_aliases.iter().map(|(_, _, sunset)| *sunset)).min()
+    }
+
+    /// The old family name to write a migrated family under as well: `new_key` is the family's
+    /// final name as the text format has it, `suffix` what the output's family name lacks of it.
+    fn old_family_name(&self, new_key: &str, suffix: &str, companion: bool) -> Option<String> {
+        let old = if companion {
+            let base = new_key.strip_suffix("_created")?;
+            let (old, _) = self.metric_aliases.get(&format!("{base}_total")).or_else(|| self.metric_aliases.get(base))?;
+            format!("{}_created", old.strip_suffix("_total").unwrap_or(old))
+        } else {
+            self.metric_aliases.get(new_key)?.0.clone()
+        };
+        Some(old.strip_suffix(suffix).filter(|_| !suffix.is_empty()).unwrap_or(&old).to_string())
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -369,6 +413,8 @@ struct Family {
     held_exact: Vec<u8>,
     collided: bool,
     refuse: bool,
+    /// For a migrated family: where its output starts, and the old name to repeat it under.
+    alias: Option<(usize, String)>,
 }
 
 /// State of one rewrite.
@@ -424,13 +470,21 @@ impl<'r> Run<'r> {
 
     fn comment(&mut self, line: &str, comment: &str, line_no: usize) -> Result<(), Unparsable> {
         let mut parts = comment.trim_start().splitn(3, ' ');
-        let keyword = parts.next().unwrap_or("");
+        // `#HELP` is no HELP line (Prometheus needs a blank after the `#`), nor is UNIT in the
+        // text format: free comments.
+        let keyword = parts
+            .next()
+            .filter(|k| comment.starts_with([' ', '\t']) && (*k != "UNIT" || self.format == Format::OpenMetrics))
+            .unwrap_or("");
         if !matches!(keyword, "HELP" | "TYPE" | "UNIT") {
             if self.format == Format::OpenMetrics {
                 return Err(Unparsable { line: line_no, reason: "unknown # line in OpenMetrics" });
             }
-            // A free comment in the text format: kept only outside dropped families.
-            if self.family.as_ref().is_none_or(|f| f.keep) {
+            // A free comment in the text format: kept only outside dropped families, and after
+            // the HELP lines before it (held until their family's TYPE line or sample).
+            if !self.pending.is_empty() {
+                self.pending.push(("#".into(), line.to_string()));
+            } else if self.family.as_ref().is_none_or(|f| f.keep) {
                 self.out.extend_from_slice(line.as_bytes());
                 self.out.push(b'\n');
             }
@@ -443,8 +497,9 @@ impl<'r> Run<'r> {
             self.start_family(name, kind);
             return Ok(());
         }
-        // HELP/UNIT: belongs to the open family if it names it, else to the next one.
-        if self.family.as_ref().is_some_and(|f| f.name == name) {
+        // HELP/UNIT: belongs to the open family if it names it (and no other metadata waits
+        // before it), else to the next one.
+        if self.pending.is_empty() && self.family.as_ref().is_some_and(|f| f.name == name) {
             self.emit_metadata(keyword, rest);
         } else {
             self.finish_family();
@@ -472,8 +527,14 @@ impl<'r> Run<'r> {
     fn start_family(&mut self, name: &str, kind: Kind) {
         self.finish_family();
         let pending_name = self.pending.first().map(|(_, n)| n.clone());
-        let pending = if pending_name.as_deref() == Some(name) { std::mem::take(&mut self.pending) } else { Vec::new() };
-        self.pending.clear();
+        let pending = if pending_name.as_deref() == Some(name) {
+            std::mem::take(&mut self.pending)
+        } else {
+            // HELP/UNIT of another metric (one without a TYPE line or samples) keep their place.
+            self.flush_pending();
+            self.finish_family();
+            Vec::new()
+        };
         self.open(name, kind);
         // Metadata that came before the TYPE line keeps its place.
         for (keyword, rest) in pending.into_iter().skip(1) {
@@ -517,6 +578,11 @@ impl<'r> Run<'r> {
         let drops_key = if companion { new_key.strip_suffix("_created").unwrap_or(&new_key).to_string() } else { new_key.clone() };
         let drops = rw.drops_for(&drops_key);
         let hold = !drops.is_empty() || !rw.value_maps.is_empty();
+        let alias = if rw.metric_aliases.is_empty() || !keep {
+            None
+        } else {
+            rw.old_family_name(&new_key, suffix, companion).map(|old| (self.out.len(), old))
+        };
         self.last_family = Some(key.clone());
         self.family = Some(Family {
             name: name.to_string(),
@@ -534,6 +600,7 @@ impl<'r> Run<'r> {
             held_exact: Vec::new(),
             collided: false,
             refuse: false,
+            alias,
         });
     }
 
@@ -571,6 +638,12 @@ impl<'r> Run<'r> {
         if !family.keep {
             return;
         }
+        if keyword == "#" {
+            // A free comment that came with the metadata.
+            self.out.extend_from_slice(rest.as_bytes());
+            self.out.push(b'\n');
+            return;
+        }
         if keyword == "UNIT" {
             // Text has no UNIT; and a renamed family must still end in its unit, or the line goes.
             let unit = rest.trim();
@@ -601,6 +674,12 @@ impl<'r> Run<'r> {
                 // An untyped sample (text format): its own family, metadata from `pending`.
                 let pending = std::mem::take(&mut self.pending);
                 self.finish_family();
+                if pending.first().is_some_and(|(_, n)| n != sample.name) {
+                    // HELP/UNIT of another metric (one without a TYPE line or samples) keep their place.
+                    self.pending = pending.clone();
+                    self.flush_pending();
+                    self.finish_family();
+                }
                 self.open(sample.name, Kind::Unknown);
                 if pending.first().is_some_and(|(_, n)| n == sample.name) {
                     for (keyword, rest) in pending.into_iter().skip(1) {
@@ -676,8 +755,10 @@ impl<'r> Run<'r> {
     fn hold(&mut self, name: String, rest: &str, suffix: &str, line_no: usize) -> Result<(), Unparsable> {
         let Some(family) = self.family.as_mut() else { return Ok(()) };
         // As the app had it (values unmapped, labels kept): what a refused family falls back to.
+        add_label_aliases(&mut self.unmapped, &self.rw.label_aliases);
         write_sample(&mut family.held_plain, &name, &self.unmapped, rest);
-        let kept: Vec<(String, String)> = self.labels.iter().filter(|(n, _)| !family.drops.contains(n)).cloned().collect();
+        let mut kept: Vec<(String, String)> = self.labels.iter().filter(|(n, _)| !family.drops.contains(n)).cloned().collect();
+        add_label_aliases(&mut kept, &self.rw.label_aliases);
         // Rewritten, with its timestamp and exemplar: what a family without collisions emits.
         write_sample(&mut family.held_exact, &name, &kept, rest);
         let mut key = Vec::new();
@@ -713,22 +794,22 @@ impl<'r> Run<'r> {
     fn finish_family(&mut self) {
         let Some(family) = self.family.take() else { return };
         if family.held.is_empty() {
-            return;
-        }
-        if family.refuse {
+            // Nothing held back.
+        } else if family.refuse {
             self.stats.aggregation_refused += 1;
             self.out.extend_from_slice(&family.held_plain);
-            return;
-        }
-        if !family.collided {
+        } else if !family.collided {
             self.out.extend_from_slice(&family.held_exact);
-            return;
+        } else {
+            for (key, value, _) in &family.held {
+                self.out.extend_from_slice(key.as_bytes());
+                self.out.push(b' ');
+                self.out.extend_from_slice(line::format_value(*value).as_bytes());
+                self.out.push(b'\n');
+            }
         }
-        for (key, value, _) in &family.held {
-            self.out.extend_from_slice(key.as_bytes());
-            self.out.push(b' ');
-            self.out.extend_from_slice(line::format_value(*value).as_bytes());
-            self.out.push(b'\n');
+        if let Some((start, old)) = &family.alias {
+            repeat_family(&mut self.out, *start, &family.new_name, old);
         }
     }
 }
@@ -744,7 +825,7 @@ fn required_name(family: &str, kind: Kind, format: Format) -> String {
 
 /// Writes a sample with renamed, mapped and injected labels directly into `out` (the path of
 /// families that are not held back), allocating only for values a map actually changes.
-fn write_direct(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sample: &Sample<'_>, rest: &str) -> Result<(), &'static str> {
+fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &str, sample: &Sample<'a>, rest: &str) -> Result<(), &'static str> {
     fn renamed<'a>(rw: &'a Rewriter, name: &'a str) -> &'a str {
         rw.label_renames.get(name).map_or(name, String::as_str)
     }
@@ -759,11 +840,18 @@ fn write_direct(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sa
     out.extend_from_slice(family.as_bytes());
     out.extend_from_slice(suffix.as_bytes());
     let mut written = 0;
-    let mut label = |out: &mut Vec<u8>, name: &str, value: &str| {
+    // Written labels' names and value positions, kept only while a label migration needs them.
+    let mut positions: Vec<(&str, usize, usize)> = Vec::new();
+    let track = !rw.label_aliases.is_empty();
+    let mut label = |out: &mut Vec<u8>, name: &'a str, value: &str| {
         out.push(if written == 0 { b'{' } else { b',' });
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"=\"");
+        let start = out.len();
         out.extend_from_slice(value.as_bytes());
+        if track {
+            positions.push((name, start, out.len()));
+        }
         out.push(b'"');
         written += 1;
     };
@@ -783,6 +871,19 @@ fn write_direct(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sa
             label(out, &inject.name, &inject.escaped_value);
         }
     }
+    if track {
+        for (new, old, _) in &rw.label_aliases {
+            let value = positions.iter().find(|(n, _, _)| n == new).map(|&(_, a, b)| (a, b));
+            if let Some((a, b)) = value.filter(|_| !positions.iter().any(|(n, _, _)| n == old)) {
+                // Follows a written label, so never the first one.
+                out.push(b',');
+                out.extend_from_slice(old.as_bytes());
+                out.extend_from_slice(b"=\"");
+                out.extend_from_within(a..b);
+                out.push(b'"');
+            }
+        }
+    }
     if written > 0 {
         out.push(b'}');
     }
@@ -792,6 +893,37 @@ fn write_direct(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sa
     out.extend_from_slice(rest.as_bytes());
     out.push(b'\n');
     Ok(())
+}
+
+/// Repeats the family written at `out[start..]` under its old name (HELP, TYPE, UNIT and samples;
+/// free comments are not repeated).
+fn repeat_family(out: &mut Vec<u8>, start: usize, new_name: &str, old_name: &str) {
+    let written = out[start..].to_vec();
+    for line in written.split_inclusive(|&b| b == b'\n') {
+        let (head, name_and_rest) = match line.strip_prefix(b"# ") {
+            Some(comment) => {
+                let keyword_end = comment.iter().position(|&b| b == b' ').map_or(comment.len(), |i| i + 1);
+                (&line[..2 + keyword_end], &comment[keyword_end..])
+            }
+            None => (&line[..0], line),
+        };
+        let Some(rest) = name_and_rest.strip_prefix(new_name.as_bytes()) else { continue };
+        out.extend_from_slice(head);
+        out.extend_from_slice(old_name.as_bytes());
+        out.extend_from_slice(rest);
+    }
+}
+
+/// Adds each migrated label's old name with the new label's value (unless the series has it).
+fn add_label_aliases(labels: &mut Vec<(String, String)>, aliases: &[(String, String, u64)]) {
+    for (new, old, _) in aliases {
+        if labels.iter().any(|(n, _)| n == old) {
+            continue;
+        }
+        if let Some(value) = labels.iter().find(|(n, _)| n == new).map(|(_, v)| v.clone()) {
+            labels.push((old.clone(), value));
+        }
+    }
 }
 
 fn inject_into(labels: &mut Vec<(String, String)>, injects: &[Inject]) {

@@ -17,6 +17,7 @@ fn spec() -> ExpositionSpec {
         drop_labels: vec![],
         inject_labels: vec![],
         require_metrics: vec![],
+        migrations: vec![],
     }
 }
 
@@ -354,4 +355,81 @@ fn the_output_bound_counts_the_last_held_family() {
     s2.max_body_bytes = 45;
     let rw = Rewriter::new(&s2, &node, 128).unwrap();
     assert_eq!(rw.rewrite(input.as_bytes(), None).unwrap_err().reason, "rewritten body larger than max_body_bytes");
+}
+
+fn migration(kind: MigrationKind, old: &str, new: &str, sunset_unix: u64) -> Migration {
+    Migration { kind, old: old.into(), new: new.into(), sunset: "2027-01-01".into(), sunset_unix }
+}
+
+#[test]
+fn a_migrated_family_is_written_under_its_old_name_too() {
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Exact("request_count".into()), to: "http_requests_total".into() });
+    s.rename_labels.push(LabelRename { from: "status_code".into(), to: "code".into() });
+    s.migrations.push(migration(MigrationKind::Metric, "request_count", "http_requests_total", 5_000));
+    s.migrations.push(migration(MigrationKind::Label, "status_code", "code", 5_000));
+    let out = rewrite(&s, PROM_CLIENT);
+    assert_eq!(
+        out.split("# HELP latency_ms").next().unwrap(),
+        "# HELP http_requests_total Requests served\n# TYPE http_requests_total counter\n\
+         http_requests_total{code=\"200\",method=\"GET\",status_code=\"200\"} 7\n\
+         http_requests_total{code=\"500\",method=\"GET\",status_code=\"500\"} 1\n\
+         # HELP request_count Requests served\n# TYPE request_count counter\n\
+         request_count{code=\"200\",method=\"GET\",status_code=\"200\"} 7\n\
+         request_count{code=\"500\",method=\"GET\",status_code=\"500\"} 1\n"
+    );
+    // Families without the migrated names are untouched.
+    assert!(out.ends_with(PROM_CLIENT.split("request_count{status_code=\"500\",method=\"GET\"} 1\n").nth(1).unwrap()), "{out}");
+}
+
+#[test]
+fn migrated_openmetrics_counters_and_summed_families_keep_both_names() {
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Exact("jobs_total".into()), to: "work_items_total".into() });
+    s.drop_labels.push(LabelDrop { label: "pid".into(), metrics: None });
+    s.migrations.push(migration(MigrationKind::Metric, "jobs_total", "work_items_total", 5_000));
+    let input = "# TYPE jobs counter\n# HELP jobs Jobs done\njobs_total{pid=\"1\"} 2\njobs_total{pid=\"2\"} 3\njobs_created{pid=\"1\"} 100\n# EOF\n";
+    let rw = Rewriter::new(&s, &node, 128).unwrap();
+    let out = String::from_utf8(rw.rewrite(input.as_bytes(), Some(OPENMETRICS_CONTENT_TYPE)).unwrap().body).unwrap();
+    assert_eq!(
+        out,
+        "# TYPE work_items counter\n# HELP work_items Jobs done\nwork_items_total 5\nwork_items_created 100\n\
+         # TYPE jobs counter\n# HELP jobs Jobs done\njobs_total 5\njobs_created 100\n# EOF\n"
+    );
+}
+
+#[test]
+fn migrations_in_the_rewrite_end_at_their_sunset() {
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Exact("go_goroutines".into()), to: "process_goroutines".into() });
+    s.migrations.push(migration(MigrationKind::Metric, "go_goroutines", "process_goroutines", 5_000));
+    let mut rw = Rewriter::new(&s, &node, 128).unwrap();
+    let body = "# TYPE go_goroutines gauge\ngo_goroutines 12\n";
+    let out = |rw: &Rewriter| String::from_utf8(rw.rewrite(body.as_bytes(), None).unwrap().body).unwrap();
+    assert_eq!(out(&rw), "# TYPE process_goroutines gauge\nprocess_goroutines 12\n# TYPE go_goroutines gauge\ngo_goroutines 12\n");
+    assert_eq!(rw.next_sunset(), Some(5_000));
+    assert!(!rw.expire_migrations(4_999));
+    assert!(rw.expire_migrations(5_000));
+    assert_eq!(out(&rw), "# TYPE process_goroutines gauge\nprocess_goroutines 12\n");
+    assert_eq!(rw.next_sunset(), None);
+}
+
+// Found by fuzzing (tests/fuzz, target `exposition`): an identity rewrite must copy the body.
+#[test]
+fn metadata_of_a_metric_without_samples_keeps_its_place() {
+    for input in ["# HELP a x\n# TYPE b counter\nb 1\n", "# HELP a x\n# UNIT a y\nb 1\n"] {
+        assert_eq!(rewrite(&spec(), input), input);
+    }
+}
+
+#[test]
+fn comments_without_a_blank_after_the_hash_are_kept_as_they_are() {
+    let input = "a 1\n#HELP a not a HELP line\n#TYPE a info\n# UNIT a text has no UNIT lines\nb 2\n";
+    assert_eq!(rewrite(&spec(), input), input);
+}
+
+#[test]
+fn free_comments_and_repeated_help_lines_keep_their_order() {
+    let input = "# HELP a x\n# a comment\n# HELP b y\n# HELP a z\n# TYPE a counter\na 1\n";
+    assert_eq!(rewrite(&spec(), input), input);
 }

@@ -215,7 +215,9 @@ pub fn histogram_buckets_annotation(inputs: &Inputs) -> String {
     for (_, _, _, config) in sides(inputs) {
         if let Some(d) = &config.duration {
             let bounds: Vec<Value> = d.buckets.iter().map(|b| number(*b)).collect();
-            map.insert(format!("{WASM_CUSTOM_PREFIX}{}.", d.name), Value::Array(bounds));
+            for name in config.duration_names() {
+                map.insert(format!("{WASM_CUSTOM_PREFIX}{name}."), Value::Array(bounds.clone()));
+            }
         }
     }
     Value::Object(map).to_string()

@@ -136,6 +136,7 @@ fn config() -> PluginConfig {
         max_series: 100,
         max_value_length: 64,
         exposition: None,
+        migrations: vec![],
     }
 }
 
@@ -326,6 +327,39 @@ fn missing_node_metadata_uses_the_default() {
 }
 
 #[test]
+fn node_metadata_after_a_request_source_is_its_fallback() {
+    // Found by fuzzing (tests/fuzz, stat_names): node sources after a request source were ignored.
+    let mut cfg = config();
+    cfg.labels[4] = label("k8s_pod", vec![Source::RequestHeader { name: "x-pod".into() }, Source::Node { key: "NAME".into(), field: None }]);
+    let (mut engine, mut host) = engine(&cfg);
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(1));
+    assert_eq!(host.value(USERS_OK), 1);
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", headers: vec![("x-pod", b"p2")] }, ok(1));
+    assert_eq!(host.value(&USERS_OK.replace("pod-a", "p2")), 1);
+}
+
+#[test]
+fn an_empty_node_value_falls_through_to_the_next_source() {
+    // Found by fuzzing (tests/fuzz, stat_names): an empty first source stopped the chain.
+    let mut cfg = config();
+    let empty = |key: &str, field: Option<&str>| match (key, field) {
+        ("LABELS", Some("service.istio.io/canonical-name")) => Some(Vec::new()),
+        _ => node(key, field),
+    };
+    cfg.labels[4] = label(
+        "k8s_pod",
+        vec![
+            Source::Node { key: "LABELS".into(), field: Some("service.istio.io/canonical-name".into()) },
+            Source::Node { key: "LABELS".into(), field: Some("app".into()) },
+        ],
+    );
+    let mut host = Recorder::default();
+    let mut engine = Engine::new(&cfg, &empty).expect("valid config");
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(1));
+    assert_eq!(host.value(&USERS_OK.replace("pod-a", "shop")), 1);
+}
+
+#[test]
 fn disabled_metrics_are_not_defined() {
     let mut cfg = config();
     cfg.duration = None;
@@ -378,4 +412,101 @@ fn per_request_core_cost() {
         serve(&mut engine, &mut host, Req { method: "GET", path, ..Req::default() }, ok(3));
     }
     println!("core per request: {:?}", start.elapsed() / n);
+}
+
+fn migrating_config() -> PluginConfig {
+    let mut config = config();
+    let migration = |kind, old: &str, new: &str, sunset_unix| Migration { kind, old: old.into(), new: new.into(), sunset: "2027-01-01".into(), sunset_unix };
+    config.migrations = vec![
+        migration(MigrationKind::Metric, "old_req_total", "req_total", 2_000),
+        migration(MigrationKind::Metric, "old_dur_milliseconds", "dur_milliseconds", 1_000),
+        migration(MigrationKind::Metric, "old_active", "active", 2_000),
+        migration(MigrationKind::Label, "path", "route", 3_000),
+    ];
+    config
+}
+
+#[test]
+fn a_migration_emits_old_metric_and_label_names_beside_the_new_ones() {
+    let (mut engine, mut host) = engine(&migrating_config());
+    let flight = engine.start(&mut host, &Req { method: "GET", path: "/users/7", ..Req::default() });
+    assert_eq!(host.value("active.method=.=GET;.;k8s_pod=.=pod-a;.;"), 1);
+    assert_eq!(host.value("old_active.method=.=GET;.;k8s_pod=.=pod-a;.;"), 1);
+    engine.finish(&mut host, flight, &ok(40));
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/8", ..Req::default() }, ok(2));
+    let tags = "method=.=GET;.;route=.=/users/{id};.;path=.=/users/{id};.;code=.=200;.;k8s_pod=.=pod-a;.;";
+    assert_eq!(host.value(&format!("req_total.{tags}")), 2);
+    assert_eq!(host.value(&format!("old_req_total.{tags}")), 2);
+    assert_eq!(host.samples[&format!("dur_milliseconds.{tags}")], vec![40, 2]);
+    assert_eq!(host.samples[&format!("old_dur_milliseconds.{tags}")], vec![40, 2]);
+    assert_eq!(host.value("old_active.method=.=GET;.;k8s_pod=.=pod-a;.;"), 0);
+    assert_eq!(engine.next_sunset(), Some(1_000));
+}
+
+#[test]
+fn migrations_end_at_their_sunset() {
+    let (mut engine, mut host) = engine(&migrating_config());
+    let tags = "method=.=GET;.;route=.=/users/{id};.;path=.=/users/{id};.;code=.=200;.;k8s_pod=.=pod-a;.;";
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(5));
+    assert!(!engine.expire_migrations(999));
+    // The duration histogram's old name ends first; the counter's goes on.
+    assert!(engine.expire_migrations(1_000));
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(6));
+    assert_eq!(host.samples[&format!("old_dur_milliseconds.{tags}")], vec![5]);
+    assert_eq!(host.samples[&format!("dur_milliseconds.{tags}")], vec![5, 6]);
+    assert_eq!(host.value(&format!("old_req_total.{tags}")), 2);
+    assert!(engine.expire_migrations(2_500));
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(7));
+    assert_eq!(host.value(&format!("old_req_total.{tags}")), 2);
+    assert_eq!(host.value(&format!("req_total.{tags}")), 3);
+    // When the label alias ends, series are defined afresh without it.
+    assert!(engine.expire_migrations(3_000));
+    assert_eq!(engine.next_sunset(), None);
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/1", ..Req::default() }, ok(8));
+    assert_eq!(host.value(&format!("req_total.{tags}")), 3);
+    assert_eq!(host.value("req_total.method=.=GET;.;route=.=/users/{id};.;code=.=200;.;k8s_pod=.=pod-a;.;"), 1);
+    assert!(!engine.expire_migrations(9_999));
+}
+
+#[test]
+fn a_migration_to_an_unknown_name_is_refused() {
+    let mut config = migrating_config();
+    config.migrations[0].new = "nope_total".into();
+    let error = Engine::new(&config, &node).err().expect("refused");
+    assert!(error.0.contains("`nope_total` is not one of the contract's traffic metrics"), "{error}");
+    let mut config = migrating_config();
+    config.migrations[3].old = "code".into();
+    let error = Engine::new(&config, &node).err().expect("refused");
+    assert!(error.0.contains("label `code` is both a label and a migrated label's old name"), "{error}");
+}
+
+struct CutShort(Resp);
+
+impl ResponseAttributes for CutShort {
+    fn status_code(&self) -> Option<u32> {
+        self.0.status_code()
+    }
+    fn code_details(&self) -> Option<Vec<u8>> {
+        self.0.code_details()
+    }
+    fn duration_nanos(&self) -> Option<u64> {
+        self.0.duration_nanos()
+    }
+    fn completed(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_response_cut_short_after_its_status_is_a_failure() {
+    let (mut engine, mut host) = engine(&config());
+    let tags = |error: &str| format!("req_total.method=.=GET;.;route=.=_OTHER;.;code=.=200;.;error_type=.={error};.;k8s_pod=.=pod-a;.;");
+    for (details, _) in [("upstream_reset_after_response_started{protocol_error}", ()), ("response_timeout", ()), ("via_upstream", ())] {
+        let flight = engine.start(&mut host, &Req { method: "GET", path: "/", ..Req::default() });
+        engine.finish(&mut host, flight, &CutShort(Resp { status: Some(200), details, millis: 1 }));
+    }
+    assert_eq!(host.value(&tags("upstream_reset")), 1);
+    assert_eq!(host.value(&tags("timeout")), 1);
+    assert_eq!(host.value(&tags("_OTHER")), 1);
+    assert_eq!(host.value("req_total.method=.=GET;.;route=.=_OTHER;.;code=.=200;.;k8s_pod=.=pod-a;.;"), 0);
 }
