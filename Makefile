@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench soak clean
 
 all: build
 
@@ -63,6 +63,10 @@ schema: cli
 bench: build
 	$(PYTHON) tests/bench/cpu_per_request.py --rounds 5 --seconds 5
 	$(PYTHON) tests/bench/rewrite_throughput.py
+
+## soak: 1,000,000 random requests through Envoy + metricpact: no restart or VM error, all counted, series in budget, flat RSS
+soak: build
+	$(PYTHON) tests/soak/soak.py
 
 clean:
 	$(CARGO) clean

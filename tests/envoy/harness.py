@@ -132,10 +132,18 @@ ISTIO_NODE_METADATA = {
 
 @dataclass
 class Route:
-    """A route of the listener: `prefix` to the upstream, a dead cluster, or a timeout."""
+    """A route of the listener: `prefix` to the upstream, a dead cluster, or a timeout; with
+    `direct`, Envoy itself answers that status with the body `ok\\n` (no upstream)."""
     prefix: str
     cluster: str = "app"
     timeout: str = "15s"
+    direct: int | None = None
+
+    def envoy(self) -> dict:
+        if self.direct is not None:
+            return {"match": {"prefix": self.prefix},
+                    "direct_response": {"status": self.direct, "body": {"inline_string": "ok\n"}}}
+        return {"match": {"prefix": self.prefix}, "route": {"cluster": self.cluster, "timeout": self.timeout}}
 
 
 def wasm_http_filter(plugin_config: str, wasm: Path = WASM, name: str = "metricpact") -> dict:
@@ -179,8 +187,7 @@ def bootstrap(*, listener_port, admin_port, upstream_port, http_filters, stats_c
                         "codec_type": "AUTO",
                         "route_config": {"virtual_hosts": [{
                             "name": "app", "domains": ["*"],
-                            "routes": [{"match": {"prefix": r.prefix}, "route": {"cluster": r.cluster, "timeout": r.timeout}}
-                                       for r in routes],
+                            "routes": [r.envoy() for r in routes],
                         }]},
                         "http_filters": [*http_filters, {
                             "name": "envoy.filters.http.router",
@@ -274,15 +281,31 @@ class Envoy:
     def request(self, method="GET", path="/", headers=None, body=None, timeout=30):
         return http_request(self.port, method, path, headers=headers, body=body, timeout=timeout)
 
+    def stats(self, pattern: str) -> dict:
+        """Envoy's own counters and gauges whose name matches the regex `pattern` (admin /stats),
+        as {name: int}; histograms and text-valued stats are left out."""
+        status, body = http_get(self.admin_port, "/stats?filter=" + urllib.parse.quote(pattern))
+        assert status == 200, body
+        out = {}
+        for line in body.decode().splitlines():
+            name, _, value = line.partition(": ")
+            if value.lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def stat(self, name: str) -> int | None:
+        return self.stats("^" + re.escape(name) + "$").get(name)
+
 
 def sidecar(workdir: Path, contract: Path | str, upstream_port: int, *, node_metadata=None, routes=None,
-            concurrency=2, stats_config=None) -> Envoy:
+            concurrency=2, stats_config=None, filtered=True) -> Envoy:
     """An Envoy configured as metricpact expects: the filter before the router, the contract's
-    stats tags and buckets in the bootstrap."""
+    stats tags and buckets in the bootstrap. `filtered=False` gives the same Envoy without the
+    filter: the baseline a test compares client-visible behaviour with."""
     plugin_config, stats = compile_contract(contract)
     config = bootstrap(
         listener_port=free_port(), admin_port=free_port(), upstream_port=upstream_port,
-        http_filters=[wasm_http_filter(plugin_config)],
+        http_filters=[wasm_http_filter(plugin_config)] if filtered else [],
         stats_config=stats if stats_config is None else stats_config,
         node_metadata=ISTIO_NODE_METADATA if node_metadata is None else node_metadata,
         routes=routes)
@@ -321,6 +344,52 @@ def raw_request(port, data: bytes, timeout=10) -> bytes:
             if b"\r\n\r\n" in b"".join(chunks):
                 break
         return b"".join(chunks)
+
+
+def raw_exchange(port, data: bytes, timeout=10, until_response=False) -> tuple[bytes, str]:
+    """Sends bytes as they are and reads until the peer closes: (everything received, how it
+    ended: "eof", "reset" or "timeout"). Send `Connection: close` to get "eof" after a response.
+    With `until_response`, stops as soon as one whole response (Content-Length or chunked) is in:
+    "complete". (After a request its codec rejects, Envoy waits its delayed_close_timeout, 1 s,
+    before closing.)"""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        while True:
+            if until_response and _complete_response(received):
+                return received, "complete"
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return received, "timeout"
+            except ConnectionResetError:
+                return received, "reset"
+            if not chunk:
+                return received, "eof"
+            received += chunk
+
+
+def _complete_response(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    length = re.search(rb"(?im)^content-length: *(\d+)\r?$", head)
+    if length:
+        return len(body) >= int(length.group(1))
+    if re.search(rb"(?im)^transfer-encoding: *chunked\r?$", head):
+        return body.endswith(b"0\r\n\r\n")
+    return False
+
+
+_VOLATILE = re.compile(rb"(?im)^(date|x-envoy-upstream-service-time): [^\r\n]*\r\n")
+
+
+def without_volatile_headers(response: bytes) -> bytes:
+    """A raw HTTP/1.1 response without the headers whose values change from one response to
+    the next (`date`, `x-envoy-upstream-service-time`): what two Envoys answering the same
+    request must then agree on byte for byte."""
+    head, sep, body = response.partition(b"\r\n\r\n")
+    return _VOLATILE.sub(b"", head + b"\r\n") + sep[2:] + body if sep else response
 
 
 # ---------------------------------------------------------------- Prometheus text
