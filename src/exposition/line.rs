@@ -8,6 +8,8 @@ pub struct Sample<'a> {
     pub name: &'a str,
     /// `(name, raw escaped value)`.
     pub labels: Vec<(&'a str, &'a str)>,
+    /// The label block as written, braces included (`""` when the line has none).
+    pub label_text: &'a str,
     /// Everything after the name and labels, starting with the separating space.
     pub rest: &'a str,
 }
@@ -108,12 +110,13 @@ pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
     if !matches!(bytes.get(i), Some(b' ' | b'\t')) {
         return None;
     }
+    let label_text = &line[name.len()..i];
     let rest = &line[i..];
     let value = rest.split_whitespace().next()?;
     if !is_plain_decimal(value) {
         parse_value(value)?;
     }
-    Some(Sample { name, labels, rest })
+    Some(Sample { name, labels, label_text, rest })
 }
 
 /// `[+-]?digits[.digits]`: the common value, accepted without a float parse (a subset of what

@@ -826,6 +826,11 @@ fn required_name(family: &str, kind: Kind, format: Format) -> String {
 /// Writes a sample with renamed, mapped and injected labels directly into `out` (the path of
 /// families that are not held back), allocating only for values a map actually changes.
 fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &str, sample: &Sample<'a>, rest: &str) -> Result<(), &'static str> {
+    if rw.label_renames.is_empty() && rw.value_maps.is_empty() && rw.label_aliases.is_empty() {
+        if let Some(()) = write_verbatim_labels(out, rw, family, suffix, sample, rest) {
+            return Ok(());
+        }
+    }
     fn renamed<'a>(rw: &'a Rewriter, name: &'a str) -> &'a str {
         rw.label_renames.get(name).map_or(name, String::as_str)
     }
@@ -893,6 +898,57 @@ fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &
     out.extend_from_slice(rest.as_bytes());
     out.push(b'\n');
     Ok(())
+}
+
+/// The fast path of samples whose labels no rule rewrites: the label block is copied as the app
+/// wrote it and the injected labels appended. `None` (nothing written) when an injected label
+/// must overwrite one the sample has.
+fn write_verbatim_labels(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sample: &Sample<'_>, rest: &str) -> Option<()> {
+    let mut injected = 0;
+    for inject in &rw.injects {
+        if sample.labels.iter().any(|(n, _)| *n == inject.name) {
+            if inject.overwrite {
+                return None;
+            }
+        } else {
+            injected += 1;
+        }
+    }
+    out.extend_from_slice(family.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    // Inside the braces, without a trailing comma or blanks (`{a="1",}` is valid input).
+    let inner = sample
+        .label_text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or("")
+        .trim_end_matches([' ', ',']);
+    let inner = if sample.labels.is_empty() { "" } else { inner };
+    if !inner.is_empty() || injected > 0 {
+        out.push(b'{');
+        out.extend_from_slice(inner.as_bytes());
+        let mut first = inner.is_empty();
+        for inject in &rw.injects {
+            if sample.labels.iter().any(|(n, _)| *n == inject.name) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(inject.name.as_bytes());
+            out.extend_from_slice(b"=\"");
+            out.extend_from_slice(inject.escaped_value.as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    if !rest.starts_with(' ') {
+        out.push(b' ');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out.push(b'\n');
+    Some(())
 }
 
 /// Repeats the family written at `out[start..]` under its old name (HELP, TYPE, UNIT and samples;
