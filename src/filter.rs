@@ -5,58 +5,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::PluginConfig;
 use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
 use crate::telemetry::{encode_tags, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
 
-/// Raw hostcalls for changing a response: the SDK's wrappers panic on a status they do not
-/// expect, and a panic would take the whole VM down; here a refusal just leaves things as they are.
-mod raw {
-    #[allow(clashing_extern_declarations)]
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_replace_header_map_value(map_type: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
-        fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, value: *const u8, value_size: usize) -> u32;
-        fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
-        fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
-    }
-
-    const RESPONSE_HEADERS: u32 = 2;
-    const REQUEST_HEADERS: u32 = 0;
-    const RESPONSE_BODY: u32 = 1;
-    const OK: u32 = 0;
-
-    pub fn set_response_header(name: &str, value: &str) -> bool {
-        unsafe { proxy_replace_header_map_value(RESPONSE_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
-    }
-
-    pub fn remove_response_header(name: &str) -> bool {
-        unsafe { proxy_remove_header_map_value(RESPONSE_HEADERS, name.as_ptr(), name.len()) == OK }
-    }
-
-    pub fn set_request_header(name: &str, value: &str) -> bool {
-        unsafe { proxy_replace_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
-    }
-
-    pub fn replace_response_body(old_size: usize, body: &[u8]) -> bool {
-        unsafe { proxy_set_buffer_bytes(RESPONSE_BODY, 0, old_size, body.as_ptr(), body.len()) == OK }
-    }
-
-    /// The request headers, serialized as proxy-wasm does: one hostcall instead of one per header.
-    pub fn request_header_pairs() -> Option<Vec<u8>> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        if unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) } != OK || data.is_null() {
-            return None;
-        }
-        // The host allocated it through proxy_on_memory_allocate (a boxed slice of `size` bytes).
-        Some(unsafe { Vec::from_raw_parts(data, size, size) })
-    }
-}
+mod host;
 
 /// Lookups in a serialized proxy-wasm header map (`count`, then `count` pairs of key and value
 /// sizes, then each key and value followed by a NUL), without copying it apart. Every size is
@@ -95,31 +51,31 @@ struct EnvoyStats;
 impl MetricHost for EnvoyStats {
     fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
         let kind = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
-            MetricKind::Histogram => MetricType::Histogram,
+            MetricKind::Counter => host::COUNTER,
+            MetricKind::Gauge => host::GAUGE,
+            MetricKind::Histogram => host::HISTOGRAM,
         };
-        hostcalls::define_metric(kind, name).ok()
+        host::define_metric(kind, name)
     }
 
     fn increment(&mut self, id: u32, delta: i64) {
-        let _ = hostcalls::increment_metric(id, delta);
+        host::increment_metric(id, delta);
     }
 
     fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        host::record_metric(id, value);
     }
 
     /// Budgets live in Envoy's shared data (shared by every VM with our vm_id): one key per
     /// admitted member and a counter updated with compare-and-swap.
     fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool {
         let member_key = format!("metricpact.{scope}.member.{member}");
-        if let Ok((Some(_), _)) = hostcalls::get_shared_data(&member_key) {
+        if let Ok((Some(_), _)) = host::shared_data(&member_key) {
             return true;
         }
         let count_key = format!("metricpact.{scope}.count");
         for _ in 0..16 {
-            let (count, cas) = match hostcalls::get_shared_data(&count_key) {
+            let (count, cas) = match host::shared_data(&count_key) {
                 Ok((data, cas)) => (data.and_then(|d| <[u8; 4]>::try_from(d.as_slice()).ok()).map_or(0, u32::from_le_bytes), cas),
                 // Shared data unavailable: fail open on the budget, never on the request.
                 Err(_) => return true,
@@ -127,13 +83,13 @@ impl MetricHost for EnvoyStats {
             if count >= max {
                 return false;
             }
-            match hostcalls::set_shared_data(&count_key, Some(&(count + 1).to_le_bytes()), cas) {
-                Ok(()) => {
-                    let _ = hostcalls::set_shared_data(&member_key, Some(b"1"), None);
+            match host::set_shared_data(&count_key, &(count + 1).to_le_bytes(), cas) {
+                host::SetOutcome::Stored => {
+                    host::set_shared_data(&member_key, b"1", 0);
                     return true;
                 }
-                Err(Status::CasMismatch) => continue,
-                Err(_) => return true,
+                host::SetOutcome::CasMismatch => continue,
+                host::SetOutcome::Failed => return true,
             }
         }
         false
@@ -156,13 +112,13 @@ fn report_memory() {
     }
     MEMORY_GAUGE.with(|g| g.set((Some(id), pages)));
     let bytes = (pages * 65_536) as u64;
-    if hostcalls::get_metric(id).map_or(true, |current| current < bytes) {
-        let _ = hostcalls::record_metric(id, bytes);
+    if host::metric(id).is_none_or(|current| current < bytes) {
+        host::record_metric(id, bytes);
     }
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    host::property(path)
 }
 
 fn property_i64(path: &[&str]) -> Option<i64> {
@@ -196,7 +152,7 @@ const UNSUPPORTED: usize = 4;
 impl Exposition {
     fn count(&self, outcome: usize) {
         if let Some(id) = self.outcomes[outcome] {
-            let _ = hostcalls::increment_metric(id, 1);
+            host::increment_metric(id, 1);
         }
     }
 
@@ -229,14 +185,14 @@ impl Root {
             next = next.into_iter().chain(rewriter.next_sunset()).min();
         }
         let period = if next.is_some() { MIGRATION_CHECK_PERIOD } else { std::time::Duration::ZERO };
-        let _ = hostcalls::set_tick_period(period);
+        host::set_tick_period(period);
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(bytes)) if !bytes.is_empty() => bytes,
+        let bytes = match host::buffer(host::PLUGIN_CONFIGURATION, usize::MAX) {
+            Some(bytes) if !bytes.is_empty() => bytes,
             _ => {
                 log::error!("metricpact: refusing to start: no plugin configuration (pass the output of `metricpact compile CONTRACT`)");
                 return false;
@@ -343,7 +299,7 @@ fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::Expositio
 }
 
 fn response_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+    host::header(host::RESPONSE_HEADERS, name)
 }
 
 /// The current stream's request headers, fetched at most once and in one hostcall (hostcalls,
@@ -355,7 +311,7 @@ struct HostRequest {
 
 impl HostRequest {
     fn get(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.get_or_init(|| raw::request_header_pairs().map(HeaderPairs)).as_ref()?.get(name).map(<[u8]>::to_vec)
+        self.headers.get_or_init(|| host::header_pairs(host::REQUEST_HEADERS).map(HeaderPairs)).as_ref()?.get(name).map(<[u8]>::to_vec)
     }
 }
 
@@ -409,8 +365,7 @@ impl ResponseAttributes for HostResponse {
 }
 
 fn now_nanos() -> Option<u64> {
-    let now = hostcalls::get_current_time().ok()?;
-    now.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_nanos() as u64)
+    host::now_nanos()
 }
 
 fn parse_status(bytes: &[u8]) -> Option<u32> {
@@ -436,8 +391,8 @@ impl HttpContext for Stream {
                 // allow_on_headers_stop_iteration), so the format must be known from them: text is
                 // what every client library speaks, and an app that sends OpenMetrics anyway either
                 // says so in its Content-Type or gets converted to text.
-                raw::set_request_header("accept", SCRAPE_ACCEPT);
-                raw::set_request_header("accept-encoding", "identity");
+                host::set_header(host::REQUEST_HEADERS, "accept", SCRAPE_ACCEPT);
+                host::set_header(host::REQUEST_HEADERS, "accept-encoding", "identity");
                 self.scrape = Some(Scrape { exposition: exposition.clone(), format: None });
             }
         }
@@ -474,8 +429,8 @@ impl HttpContext for Stream {
         // format follows what the app declared (the body is rewritten in that format), and the
         // length goes, since it changes (HTTP/1.1 then uses chunked encoding).
         let format = Format::announced(content_type.as_deref());
-        raw::set_response_header("content-type", format.content_type());
-        raw::remove_response_header("content-length");
+        host::set_header(host::RESPONSE_HEADERS, "content-type", format.content_type());
+        host::remove_header(host::RESPONSE_HEADERS, "content-length");
         scrape.format = Some(format);
         Action::Continue
     }
@@ -498,18 +453,15 @@ impl HttpContext for Stream {
         let format = scrape.format;
         self.scrape = None;
         let Some(format) = format else { return Action::Continue };
-        let body = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-            Ok(Some(body)) => body,
-            _ => return Action::Continue,
-        };
+        let Some(body) = host::buffer(host::RESPONSE_BODY, body_size) else { return Action::Continue };
         let Ok(rewriter) = exposition.rewriter.try_borrow() else { return Action::Continue };
         match rewriter.rewrite_as(&body, format) {
             Ok(rewritten) => {
-                if raw::replace_response_body(body_size, &rewritten.body) {
+                if host::replace_buffer(host::RESPONSE_BODY, body_size, &rewritten.body) {
                     exposition.count(REWRITTEN);
                     for i in rewritten.stats.missing_required {
                         if let Some(Some(id)) = exposition.missing.get(i) {
-                            let _ = hostcalls::increment_metric(*id, 1);
+                            host::increment_metric(*id, 1);
                         }
                     }
                 }
