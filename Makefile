@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench soak clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench soak fuzz fuzz-smoke clean
 
 all: build
 
@@ -59,14 +59,29 @@ envoyfilter: cli
 schema: cli
 	$(CLI) schema > contracts/metricpact.schema.json
 
-## bench: Envoy CPU per request with and without metricpact, and exposition rewrite throughput
+## bench: Envoy CPU and latency per proxied request (no filter, an empty Wasm filter, metricpact with the
+## default and a heavy contract), exposition rewrite MB/s (native and through Envoy), .wasm size and
+## memory after 1M requests; ends with a markdown table of figures and budgets (BENCHMARKS.md), also
+## in target/bench/results.md. `make bench BENCH_ARGS=--quick` tries it with short settings.
 bench: build
-	$(PYTHON) tests/bench/cpu_per_request.py --rounds 5 --seconds 5
-	$(PYTHON) tests/bench/rewrite_throughput.py
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path tests/bench/empty-filter/Cargo.toml \
+	  --target-dir target/bench-empty-filter
+	$(CARGO) bench --bench rewrite --no-run
+	CARGO="$(CARGO)" $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
 ## soak: 1,000,000 random requests through Envoy + metricpact: no restart or VM error, all counted, series in budget, flat RSS
 soak: build
 	$(PYTHON) tests/soak/soak.py
+
+## fuzz: the core's cargo-fuzz targets (tests/fuzz: exposition rewriter, stat-name encoding, plugin
+## config, contract parser), FUZZ_SECONDS each (default 300), on the stable toolchain; fails on a crash
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	CARGO="$(CARGO)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
+
+## fuzz-smoke: every fuzz target for 30 s
+fuzz-smoke: deps
+	CARGO="$(CARGO)" FUZZ_SECONDS=30 bash tests/fuzz/run.sh
 
 clean:
 	$(CARGO) clean

@@ -1,81 +1,130 @@
-"""Envoy CPU per request with and without metricpact, measured side by side in one run.
+"""Envoy CPU per proxied request, and latency, for four variants measured side by side in one run.
 
-Two Envoys (one worker each) answer every request with a direct response; one runs the
-metricpact filter with the given contract. wrk drives each in turn for several alternating
-rounds; CPU is read from /proc/<pid>/stat (user+system) around each round, so the figure is
-Envoy's own CPU per request, not the client's. Prints per-round figures, medians and the ratio.
+Four Envoys (one worker each, pinned to one CPU) proxy to one upstream (an Envoy answering with a
+direct response, pinned with wrk to the other CPU); they differ only in their HTTP filter:
+  no filter          the router only
+  empty filter       tests/bench/empty-filter: a Rust proxy-wasm filter whose contexts do nothing
+  metricpact         metricpact.wasm with the default contract (contracts/http-server.yaml)
+  metricpact heavy   metricpact.wasm with tests/bench/heavy-contract.yaml (16 labels, 5 from request
+                     headers, 50 route rules)
+wrk (1 thread, fixed connections, tests/bench/lua/traffic.lua: a fixed mix of paths, methods and
+headers that exercise the contracts) drives each in turn, for several rounds whose order rotates,
+so machine drift hits every variant alike. CPU is the Envoy process's user+system time from
+/proc/<pid>/stat around each run, divided by the requests wrk completed. Reported: medians over
+the rounds, and ratios paired within each round (median of the per-round ratios).
 
-usage: python tests/bench/cpu_per_request.py [--contract FILE] [--seconds N] [--rounds N]
+usage: .venv/bin/python tests/bench/cpu_per_request.py [--rounds 5] [--seconds 5] [--connections 8]
 """
 
+from __future__ import annotations
+
 import argparse
-import os
-import re
-import statistics
-import subprocess
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "envoy"))
-import harness  # noqa: E402
+import benchlib
+from benchlib import harness, median
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def envoy_config(http_filters, stats_config):
-    config = harness.bootstrap(listener_port=harness.free_port(), admin_port=harness.free_port(),
-                               upstream_port=harness.free_port(), http_filters=http_filters,
-                               stats_config=stats_config, node_metadata=harness.ISTIO_NODE_METADATA)
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["route_config"]["virtual_hosts"][0]["routes"] = [
-        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
-    return config
+DEFAULT_CONTRACT = benchlib.ROOT / "contracts/http-server.yaml"
+HEAVY_CONTRACT = benchlib.BENCH / "heavy-contract.yaml"
+VARIANTS = ["no filter", "empty filter", "metricpact", "metricpact heavy"]
 
 
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def upstream_routes() -> list:
+    # x-bench-status (set by traffic.lua on a few requests) picks a 404 or a 503.
+    return [benchlib.direct(404, header=("x-bench-status", "404")),
+            benchlib.direct(503, header=("x-bench-status", "503")),
+            benchlib.direct(200)]
 
 
-def drive(envoy, seconds, path):
-    before = cpu_seconds(envoy.proc.pid)
-    out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", f"http://127.0.0.1:{envoy.port}{path}"],
-                         capture_output=True, text=True, check=True).stdout
-    used = cpu_seconds(envoy.proc.pid) - before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    return used / requests * 1e6, requests / seconds
+def run(args, cores: benchlib.Cores, log=print) -> dict:
+    if not benchlib.EMPTY_WASM.exists():
+        raise SystemExit(f"{benchlib.EMPTY_WASM} is missing: build it with `cargo build --release --target "
+                         "wasm32-wasip1 --manifest-path tests/bench/empty-filter/Cargo.toml --target-dir "
+                         "target/bench-empty-filter` (the bench target of the Makefile does)")
+    default_config, default_stats = harness.compile_contract(DEFAULT_CONTRACT)
+    heavy_config, heavy_stats = harness.compile_contract(HEAVY_CONTRACT)
+    script = benchlib.LUA / "traffic.lua"
+    results = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="metricpact-bench-cpu-") as tmp, contextlib.ExitStack() as stack:
+        tmp = Path(tmp)
+        upstream = benchlib.started(stack, benchlib.upstream_config(upstream_routes()), tmp, cores.load)
+        filters = {
+            "no filter": ([], default_stats),
+            "empty filter": ([harness.wasm_http_filter("", wasm=benchlib.EMPTY_WASM, name="empty")], default_stats),
+            "metricpact": ([harness.wasm_http_filter(default_config)], default_stats),
+            "metricpact heavy": ([harness.wasm_http_filter(heavy_config)], heavy_stats),
+        }
+        envoys = {v: benchlib.started(stack, benchlib.proxy_config(upstream.port, *filters[v]), tmp, cores.envoy)
+                  for v in VARIANTS}
+
+        def drive(variant, seconds):
+            envoy = envoys[variant]
+            before = benchlib.cpu_seconds(envoy.proc.pid)
+            res = benchlib.wrk(f"http://127.0.0.1:{envoy.port}/", seconds=seconds, connections=args.connections,
+                               core=cores.load, script=script, allow_non2xx=True)
+            used = benchlib.cpu_seconds(envoy.proc.pid) - before
+            return used / res.requests * 1e6, res
+
+        for v in VARIANTS:                      # warm up: VMs, connections, every series defined
+            drive(v, args.warmup)
+        for r in range(args.rounds):
+            for v in benchlib.rotated(VARIANTS, r):
+                us, res = drive(v, args.seconds)
+                results[v].append({"cpu_us": us, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms, "rps": res.rps,
+                                   "requests": res.requests, "non2xx": res.non2xx})
+                log(f"  cpu round {r + 1}/{args.rounds}: {v:16s} {us:6.1f} us CPU/request  p50 {res.p50_ms:6.3f} ms"
+                    f"  p99 {res.p99_ms:6.3f} ms  ({res.rps:,.0f} req/s)")
+        # The filters really ran: metricpact counted the traffic, with the heavy contract's labels.
+        for v in ("metricpact", "metricpact heavy"):
+            expo = envoys[v].scrape()
+            counted = expo.total("http_server_requests_total")
+            sent = sum(x["requests"] for x in results[v])
+            if counted < sent:
+                raise RuntimeError(f"{v}: metricpact counted {counted:.0f} requests, wrk completed at least {sent}")
+        heavy = envoys["metricpact heavy"].scrape().series("http_server_requests_total")
+        routes = {s.labels.get("http_route") for s in heavy}
+        tiers = {s.labels.get("tenant_tier") for s in heavy}
+
+    summary = {"variants": {}, "rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
+               "heavy_series": len(heavy), "heavy_routes": len(routes - {"_OTHER"}), "heavy_tiers": sorted(t for t in tiers if t)}
+    base, empty = results["no filter"], results["empty filter"]
+    for v in VARIANTS:
+        rows = results[v]
+        entry = {k: median(x[k] for x in rows) for k in ("cpu_us", "p50_ms", "p99_ms", "rps")}
+        for key in ("cpu_us", "p50_ms", "p99_ms"):
+            entry[f"{key}_x_nofilter"] = median(x[key] / b[key] for x, b in zip(rows, base))
+            entry[f"{key}_x_empty"] = median(x[key] / e[key] for x, e in zip(rows, empty))
+        added = median(x["cpu_us"] - b["cpu_us"] for x, b in zip(rows, base))
+        empty_added = median(e["cpu_us"] - b["cpu_us"] for e, b in zip(empty, base))
+        entry["cpu_added_us"] = added
+        entry["cpu_added_x_empty_added"] = added / empty_added if empty_added > 0 else float("nan")
+        entry["rounds"] = rows
+        summary["variants"][v] = entry
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median reported)")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk seconds per variant and round")
+    parser.add_argument("--warmup", type=int, default=2, help="wrk seconds per variant before the rounds")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (fixed concurrency)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--contract", default=str(harness.ROOT / "contracts/http-server.yaml"))
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--path", default="/users/42?x=1")
+    add_arguments(parser)
+    parser.add_argument("--cores", help="ENVOY,LOAD CPU numbers (default: the first two allowed)")
     args = parser.parse_args()
-
-    plugin_config, stats = harness.compile_contract(args.contract)
-    with tempfile.TemporaryDirectory() as tmp:
-        baseline = harness.Envoy(envoy_config([], stats), Path(tmp), concurrency=1)
-        filtered = harness.Envoy(envoy_config([harness.wasm_http_filter(plugin_config)], stats), Path(tmp),
-                                 concurrency=1)
-        with baseline, filtered:
-            for envoy in (baseline, filtered):  # warm up
-                drive(envoy, 1, args.path)
-            results = {"no filter": [], "metricpact": []}
-            for r in range(args.rounds):
-                for name, envoy in (("no filter", baseline), ("metricpact", filtered)):
-                    us, rps = drive(envoy, args.seconds, args.path)
-                    results[name].append(us)
-                    print(f"round {r + 1}: {name:10s} {us:6.1f} us CPU/request  ({rps:,.0f} req/s)")
-            counted = filtered.scrape().total("http_server_requests_total")
-    base = statistics.median(results["no filter"])
-    mp = statistics.median(results["metricpact"])
-    print(f"\nmedian Envoy CPU per request: no filter {base:.1f} us, metricpact {mp:.1f} us "
-          f"(+{mp - base:.1f} us, ratio {mp / base:.2f}x); metricpact counted {int(counted):,} requests")
-    print(f"metricpact.wasm: {harness.WASM.stat().st_size:,} bytes")
+    summary = run(args, benchlib.Cores.choose(args.cores))
+    print()
+    for v, e in summary["variants"].items():
+        print(f"{v:16s} {e['cpu_us']:6.1f} us/request  x{e['cpu_us_x_nofilter']:.2f} no filter  "
+              f"x{e['cpu_us_x_empty']:.2f} empty  +{e['cpu_added_us']:.1f} us (x{e['cpu_added_x_empty_added']:.2f} "
+              f"the empty filter's)  p50 {e['p50_ms']:.3f} ms  p99 {e['p99_ms']:.3f} ms  {e['rps']:,.0f} req/s")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

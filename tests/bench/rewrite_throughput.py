@@ -1,70 +1,46 @@
-"""Throughput of metricpact's exposition rewrite, natively (the CLI) and inside Envoy (the filter).
+"""Throughput of metricpact's exposition rewrite, natively (in-process) and through Envoy.
 
-(a) native: generates a large, realistic Prometheus text exposition (a prom-client-style service
-    with many routes: a counter, a millisecond histogram, a gauge, runtime noise) and times
-    `metricpact rewrite` over it with a realistic contract (metric and label renames, pod/namespace
-    injection, runtime families dropped), best of N runs: MB/s = input MB / wall seconds of the
-    whole process (nothing subtracted). A tiny input shows the process's startup cost, and a second
-    contract adds a label drop, whose series are summed (the aggregating path).
-(b) through Envoy: an upstream serves a ~900 KB exposition of the same shape; `wrk` (1 connection,
-    sequential scrapes) scrapes it through a sidecar running the rewrite and through an identical
-    Envoy without the filter (same build, same bootstrap otherwise). Reports the per-scrape latency
-    of both and the rewrite's MB/s = body MB / added latency per scrape. Both listeners get a 4 MiB
-    per_connection_buffer_limit_bytes: with Envoy's default (1 MiB) a rewritten body that grows past
-    1 MiB crashes the sidecar (see the report; test_exposition.py's
-    test_rewrite_growing_past_envoys_buffer_limit_never_fails_the_scrape).
+Bodies: a prom-client-style Prometheus text exposition (runtime noise, per-route request
+counters, a per-route millisecond histogram, per-queue gauges) of 1 MB and 8 MB. Contracts:
+tests/bench/rewrite-inject.yaml (inject the pod identity into every series) and
+tests/bench/rewrite-rename.yaml (rename every family and three labels, value maps, drop runtime
+families, inject).
 
-usage: .venv/bin/python tests/bench/rewrite_throughput.py [--mb 32] [--runs 5] [--seconds 4] [--rounds 2]
-Every process it starts is stopped before it exits.
+(a) native: `cargo bench --bench rewrite` (tests/bench/rewrite.rs): the library's Rewriter timed
+    in-process over each body, warm-up + N iterations, median and best; MB/s of input.
+(b) through Envoy: an upstream Envoy serves the bodies as a direct response; three Envoys (one
+    worker, pinned to one CPU), without the filter and with metricpact for each contract, are
+    scraped in turn by wrk (one connection: sequential scrapes, pinned with the upstream to the other
+    CPU) for several rounds whose order rotates. The added time per scrape is the per-round
+    difference of median scrape times with and without the filter (median over rounds), and
+    MB/s = body size / added time. All of them run with 64 MiB per_connection_buffer_limit_bytes on
+    listener and cluster (the contracts' max_body_bytes is 32 MiB: an 8 MB body grows by the
+    injected labels), and the run checks that each filter's output equals `metricpact rewrite`'s
+    and that every scrape was rewritten.
+
+usage: .venv/bin/python tests/bench/rewrite_throughput.py [--rounds 5] [--seconds 3] [--iters 15]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.server
-import re
-import shlex
-import socketserver
-import statistics
+import contextlib
+import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "envoy"))
-import harness  # noqa: E402
+import benchlib
+from benchlib import harness, median
 
-NODE = {"NAME": "orders-5b7c9d8f6-q4z7x", "NAMESPACE": "shop"}
-
-CONTRACT = """
-format: metricpact/v1
-name: bench
-version: 1.0.0
-exposition:
-  max_body_bytes: {max_body}
-  drop_metrics: ['go_.*', 'process_.*', 'nodejs_.*']
-  rename_metrics:
-    - {{from: request_count, to: http_requests_total}}
-    - {{regex: '(.+)_duration_ms', to: '${{1}}_duration_milliseconds'}}
-  rename_labels:
-    - {{from: status_code, to: http_response_status_code}}
-    - {{from: method, to: http_request_method}}
-    - {{from: route, to: http_route}}
-  inject_labels:
-    - {{name: k8s_pod_name, from: node.NAME}}
-    - {{name: k8s_namespace_name, from: node.NAMESPACE}}
-{extra}"""
-LABEL_DROP = """  drop_labels:
-    - label: http_request_method
-      metrics: [http_request_duration_milliseconds]
-"""
-
-TINY = (b"# HELP request_count Number of HTTP requests handled, by status code.\n# TYPE request_count counter\n"
-        b'request_count{route="/api/orders",method="GET",status_code="200"} 5\n'
-        b"# HELP process_cpu_user_seconds_total Total user CPU time spent in seconds.\n"
-        b"# TYPE process_cpu_user_seconds_total counter\nprocess_cpu_user_seconds_total 12.345\n")
+CONTRACTS = {"inject-only": benchlib.BENCH / "rewrite-inject.yaml",
+             "rename-heavy": benchlib.BENCH / "rewrite-rename.yaml"}
+SIZES = {"1 MB": ("/metrics/1mb", 1_000_000), "8 MB": ("/metrics/8mb", 8_000_000)}
+BUFFER_LIMIT = 64 << 20
+NODE = harness.ISTIO_NODE_METADATA
+ACCEPT = "Accept: text/plain;version=0.0.4"
 
 BOUNDS = ["5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "+Inf"]
 METHODS = ["GET", "POST", "PUT", "DELETE"]
@@ -72,8 +48,9 @@ CODES = ["200", "201", "404", "500"]
 
 
 def exposition(target_bytes: int) -> bytes:
-    """A prom-client-style text exposition of about `target_bytes`: runtime noise first, then
-    per-route counters (method x status), a per-route/method histogram and per-queue gauges."""
+    """A prom-client-style text exposition of about `target_bytes` (the same shape as
+    tests/bench/rewrite.rs's built-in one): runtime noise first, then per-route counters (method x
+    status), a per-route/method histogram and per-queue gauges."""
     noise = [
         "# HELP process_cpu_user_seconds_total Total user CPU time spent in seconds.",
         "# TYPE process_cpu_user_seconds_total counter", "process_cpu_user_seconds_total 12.345",
@@ -88,8 +65,7 @@ def exposition(target_bytes: int) -> bytes:
         "",
     ]
     head = "\n".join(noise) + "\n"
-    # Bytes per route, roughly: counters ~16 x 85, histogram 4 x 13 x 110, gauge 90.
-    per_route = 16 * 85 + 4 * 13 * 110 + 90
+    per_route = 16 * 85 + 4 * 13 * 110 + 90   # bytes per route, roughly
     routes = max(1, (target_bytes - len(head)) // per_route)
     parts = [head, "# HELP request_count Number of HTTP requests handled, by status code.\n",
              "# TYPE request_count counter\n"]
@@ -97,7 +73,8 @@ def exposition(target_bytes: int) -> bytes:
         route = f"/api/v1/orders/{r:05d}/items/:id"
         for m in METHODS:
             for c in CODES:
-                parts.append(f'request_count{{route="{route}",method="{m}",status_code="{c}"}} {(r * 7 + len(m) * 3 + int(c)) % 100000}\n')
+                parts.append(f'request_count{{route="{route}",method="{m}",status_code="{c}"}} '
+                             f'{(r * 7 + len(m) * 3 + int(c)) % 100000}\n')
     parts.append("\n# HELP http_request_duration_ms Duration of HTTP requests in ms.\n"
                  "# TYPE http_request_duration_ms histogram\n")
     for r in range(routes):
@@ -108,7 +85,7 @@ def exposition(target_bytes: int) -> bytes:
             for i, le in enumerate(BOUNDS):
                 count += (r + i) % 5
                 parts.append(f'http_request_duration_ms_bucket{{le="{le}",{labels}}} {count}\n')
-            parts.append(f"http_request_duration_ms_sum{{{labels}}} {count * 37.5}\n")
+            parts.append(f"http_request_duration_ms_sum{{{labels}}} {count * 37.5:g}\n")
             parts.append(f"http_request_duration_ms_count{{{labels}}} {count}\n")
     parts.append("\n# HELP queue_depth Messages waiting, per queue.\n# TYPE queue_depth gauge\n")
     for r in range(routes):
@@ -116,173 +93,167 @@ def exposition(target_bytes: int) -> bytes:
     return "".join(parts).encode()
 
 
-def rewrite_argv(contract: Path, path: Path) -> list:
-    return [str(harness.CLI), "rewrite", "--contract", str(contract), "--node", f"NAME={NODE['NAME']}",
-            "--node", f"NAMESPACE={NODE['NAMESPACE']}", str(path)]
+def node_args() -> list:
+    return [a for k in ("NAME", "NAMESPACE", "WORKLOAD_NAME") for a in ("--node", f"{k}={NODE[k]}")]
 
 
-def time_cli(contract: Path, path: Path, runs: int) -> tuple[float, int]:
-    """Best wall time of `runs` runs with stdout to /dev/null (as `... > /dev/null` in a shell),
-    and the output size (from one more run whose output is kept)."""
-    def run(stdout):
-        start = time.perf_counter()
-        res = subprocess.run(rewrite_argv(contract, path), stdout=stdout, stderr=subprocess.PIPE)
-        elapsed = time.perf_counter() - start
-        if res.returncode != 0 or b"rewritten as" not in res.stderr:
-            raise RuntimeError(f"rewrite failed ({res.returncode}): {res.stderr.decode()[-500:]}")
-        return elapsed, res.stdout
-    best = min(run(subprocess.DEVNULL)[0] for _ in range(runs))
-    return best, len(run(subprocess.PIPE)[1])
+def cli_rewrite(contract: Path, body_path: Path) -> bytes:
+    res = subprocess.run([str(harness.CLI), "rewrite", "--contract", str(contract), *node_args(), str(body_path)],
+                         capture_output=True)
+    if res.returncode != 0 or b"rewritten as" not in res.stderr:
+        raise RuntimeError(f"metricpact rewrite failed ({res.returncode}): {res.stderr.decode()[-500:]}")
+    return res.stdout
 
 
-# ---------------------------------------------------------------- Envoy
+# ---------------------------------------------------------------- (a) native
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        body = self.server.body
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+def bench_executable(log=print) -> str:
+    """Builds (if needed) the `rewrite` bench with cargo ($CARGO) and returns its executable."""
+    argv = [*benchlib.cargo_argv(), "bench", "--bench", "rewrite", "--no-run", "--message-format=json"]
+    res = subprocess.run(argv, cwd=benchlib.ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{res.stderr[-3000:]}")
+    for line in res.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "rewrite" \
+                and msg.get("executable"):
+            return msg["executable"]
+    raise RuntimeError(f"{' '.join(argv)} named no executable")
 
 
-def envoy_config(upstream_port: int, http_filters: list, stats: dict) -> dict:
-    config = harness.bootstrap(listener_port=harness.free_port(), admin_port=harness.free_port(),
-                               upstream_port=upstream_port, http_filters=http_filters, stats_config=stats,
-                               node_metadata=NODE)
-    config["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 4 << 20
-    for cluster in config["static_resources"]["clusters"]:
-        cluster["per_connection_buffer_limit_bytes"] = 4 << 20
-    return config
+def native(args, bodies: dict, cores: benchlib.Cores, log=print) -> dict:
+    t0 = time.monotonic()
+    exe = bench_executable(log)
+    log(f"  native bench: {exe} (cargo took {time.monotonic() - t0:.0f} s)")
+    argv = [*benchlib.on_core(cores.envoy), exe, "--bench", "--warmup", str(args.warmup_iters),
+            "--iters", str(args.iters), *node_args()]
+    for contract, path in CONTRACTS.items():
+        for size, body_path in bodies.items():
+            argv += ["--case", f"{contract}|{size}", str(path), str(body_path)]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"the rewrite bench failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    out = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("BENCH "):
+            r = json.loads(line[len("BENCH "):])
+            contract, size = r["case"].split("|")
+            out.setdefault(contract, {})[size] = r
+        else:
+            log(f"  {line.strip()}")
+    return out
 
 
-def wrk(port: int, seconds: int) -> tuple[float, float, int]:
-    """(mean latency ms, median latency ms, requests) of sequential GET /metrics for `seconds`."""
-    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-H", "Accept: text/plain;version=0.0.4",
-                          f"http://127.0.0.1:{port}/metrics"], capture_output=True, text=True, check=True).stdout
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+# ---------------------------------------------------------------- (b) through Envoy
 
-    def ms(text):
-        m = re.match(r"([\d.]+)(us|ms|s)$", text)
-        if m is None:
-            raise RuntimeError(f"cannot parse {text!r} in wrk output:\n{out}")
-        return float(m.group(1)) * unit[m.group(2)]
-    mean = ms(re.search(r"Latency\s+(\S+)", out).group(1))
-    median = ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw errors:\n{out}")
-    return mean, median, requests
+def through_envoy(args, bodies: dict, cores: benchlib.Cores, log=print) -> dict:
+    variants = ["no filter", *CONTRACTS]
+    results = {size: {v: [] for v in variants} for size in SIZES}
+    counts = {v: 0 for v in CONTRACTS}
+    with tempfile.TemporaryDirectory(prefix="metricpact-bench-rewrite-") as tmp, contextlib.ExitStack() as stack:
+        tmp = Path(tmp)
+        routes = [benchlib.direct(200, path=path, body={"filename": str(bodies[size])},
+                                  content_type="text/plain; version=0.0.4; charset=utf-8")
+                  for size, (path, _) in SIZES.items()]
+        upstream = benchlib.started(stack, benchlib.upstream_config(routes, max_body=BUFFER_LIMIT,
+                                                                    buffer_limit=BUFFER_LIMIT), tmp, cores.load)
+        compiled = {v: harness.compile_contract(path) for v, path in CONTRACTS.items()}
+        envoys = {"no filter": benchlib.started(stack, benchlib.proxy_config(
+            upstream.port, [], compiled["inject-only"][1], buffer_limit=BUFFER_LIMIT), tmp, cores.envoy)}
+        for v, (plugin_config, stats) in compiled.items():
+            envoys[v] = benchlib.started(stack, benchlib.proxy_config(
+                upstream.port, [harness.wasm_http_filter(plugin_config)], stats, buffer_limit=BUFFER_LIMIT),
+                tmp, cores.envoy)
+        # Correctness first: each filter's output is the CLI's, the plain Envoy's the body itself.
+        t0 = time.monotonic()
+        for size, (path, _) in SIZES.items():
+            status, got = harness.http_get(envoys["no filter"].port, path, timeout=60)
+            if status != 200 or got != bodies[size].read_bytes():
+                raise RuntimeError(f"no filter, {path}: status {status}, {len(got)} bytes: not the body")
+            for v, contract in CONTRACTS.items():
+                expected = cli_rewrite(contract, bodies[size])
+                status, got = harness.http_get(envoys[v].port, path, timeout=60)
+                counts[v] += 1
+                if status != 200 or got != expected:
+                    raise RuntimeError(f"{v}, {path}: status {status}, {len(got)} bytes, the CLI's rewrite has "
+                                       f"{len(expected)}: the filter did not rewrite it like `metricpact rewrite`")
+                results[size].setdefault("out_bytes", {})[v] = len(expected)
+        log(f"  through Envoy: each filter's output checked against `metricpact rewrite` ({time.monotonic() - t0:.0f} s)")
+
+        def scrape(v, size, seconds):
+            res = benchlib.wrk(f"http://127.0.0.1:{envoys[v].port}{SIZES[size][0]}", seconds=seconds, connections=1,
+                               core=cores.load, headers=(ACCEPT,), timeout_s=30)
+            if v in counts:
+                counts[v] += res.requests
+            return res
+
+        for size in SIZES:                      # warm up
+            for v in variants:
+                scrape(v, size, 1)
+        for r in range(args.rounds):
+            for size in SIZES:
+                for v in benchlib.rotated(variants, r):
+                    res = scrape(v, size, args.seconds)
+                    results[size][v].append({"p50_ms": res.p50_ms, "mean_ms": res.mean_ms, "scrapes": res.requests})
+                    log(f"  rewrite round {r + 1}/{args.rounds}: {size} {v:12s} p50 {res.p50_ms:7.2f} ms  "
+                        f"mean {res.mean_ms:7.2f} ms  ({res.requests} scrapes)")
+        # Every scrape through a filter was rewritten (none passed through as too large, ...).
+        for v in CONTRACTS:
+            expo = envoys[v].scrape()
+            rewritten = expo.total("metricpact_exposition_scrapes_total", metricpact_result="rewritten")
+            other = sum(s.value for s in expo.series("metricpact_exposition_scrapes_total")) - rewritten
+            if other or rewritten < counts[v]:
+                raise RuntimeError(f"{v}: {rewritten:.0f} scrapes rewritten and {other:.0f} not, of at least "
+                                   f"{counts[v]}: {[(s.labels, s.value) for s in expo.series('metricpact_exposition_scrapes_total')]}")
+
+    out = {}
+    for size, (_, _) in SIZES.items():
+        in_bytes = bodies[size].stat().st_size
+        rows = results[size]
+        base = rows["no filter"]
+        out[size] = {"in_bytes": in_bytes, "no filter": {"p50_ms": median(x["p50_ms"] for x in base)}}
+        for v in CONTRACTS:
+            added = median(x["p50_ms"] - b["p50_ms"] for x, b in zip(rows[v], base))
+            out[size][v] = {"p50_ms": median(x["p50_ms"] for x in rows[v]), "added_ms": added,
+                            "mb_s": in_bytes / 1e6 / (added / 1e3) if added > 0 else float("inf"),
+                            "out_bytes": rows["out_bytes"][v], "rounds": rows[v]}
+        out[size]["no filter"]["rounds"] = base
+    return out
+
+
+def run(args, cores: benchlib.Cores, log=print) -> dict:
+    with tempfile.TemporaryDirectory(prefix="metricpact-bench-bodies-") as tmp:
+        bodies = {}
+        for size, (_, nbytes) in SIZES.items():
+            bodies[size] = Path(tmp) / f"exposition-{nbytes}.txt"
+            bodies[size].write_bytes(exposition(nbytes))
+        result = {"native": native(args, bodies, cores, log)}
+        result["envoy"] = through_envoy(args, bodies, cores, log)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--rounds", type=int, default=5, help="alternating scrape rounds through Envoy")
+    parser.add_argument("--seconds", type=int, default=3, help="wrk seconds per Envoy, body size and round")
+    parser.add_argument("--iters", type=int, default=15, help="native timed iterations per case")
+    parser.add_argument("--warmup-iters", type=int, default=3, help="native warm-up iterations per case")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=float, default=32, help="size of the native input (MB)")
-    parser.add_argument("--runs", type=int, default=5, help="native runs (best is reported)")
-    parser.add_argument("--envoy-kb", type=int, default=480, help="size of the body served through Envoy (KB); the realistic contract doubles it, and the rewrite must stay under max_body_bytes (1 MB)")
-    parser.add_argument("--seconds", type=int, default=4, help="wrk duration per round and Envoy")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating wrk rounds per Envoy")
+    add_arguments(parser)
+    parser.add_argument("--cores", help="ENVOY,LOAD CPU numbers (default: the first two allowed)")
     args = parser.parse_args()
-    command = " ".join([".venv/bin/python", "tests/bench/rewrite_throughput.py", *map(shlex.quote, sys.argv[1:])])
-    summary = []
-
-    with tempfile.TemporaryDirectory(prefix="metricpact-bench-") as tmp:
-        tmp = Path(tmp)
-        contract = tmp / "bench.yaml"
-        contract.write_text(CONTRACT.format(max_body=64 << 20, extra=""))
-        contract_agg = tmp / "bench-aggregate.yaml"
-        contract_agg.write_text(CONTRACT.format(max_body=64 << 20, extra=LABEL_DROP))
-
-        # ---- (a) native
-        t0 = time.perf_counter()
-        big = exposition(int(args.mb * 1e6))
-        big_path, tiny_path = tmp / "big.txt", tmp / "tiny.txt"
-        big_path.write_bytes(big)
-        tiny_path.write_bytes(TINY)
-        lines = big.count(b"\n")
-        print(f"generated {len(big) / 1e6:.1f} MB, {lines:,} lines in {time.perf_counter() - t0:.1f} s")
-        tiny_s, _ = time_cli(contract, tiny_path, args.runs)
-        big_s, out_size = time_cli(contract, big_path, args.runs)
-        agg_s, agg_size = time_cli(contract_agg, big_path, args.runs)
-        mb = len(big) / 1e6
-        summary += [
-            f"(a) native `metricpact rewrite --contract C --node ... FILE > /dev/null` (best of {args.runs}, "
-            f"wall time of the whole process):",
-            f"    input {mb:.1f} MB / {lines:,} lines -> output {out_size / 1e6:.1f} MB",
-            f"    renames + injection + family drop:        {big_s * 1e3:8.1f} ms  = {mb / big_s:6.1f} MB/s",
-            f"    ... + a label drop (series summed):       {agg_s * 1e3:8.1f} ms  = {mb / agg_s:6.1f} MB/s"
-            f"  (output {agg_size / 1e6:.1f} MB)",
-            f"    tiny input ({tiny_path.stat().st_size} bytes, process startup):  {tiny_s * 1e3:8.1f} ms",
-        ]
-
-        # ---- (b) through Envoy
-        body = exposition(args.envoy_kb * 1000)
-        envoy_contract = tmp / "bench-envoy.yaml"
-        envoy_contract.write_text(CONTRACT.format(max_body=1_000_000, extra=""))
-        expected = subprocess.run(rewrite_argv(envoy_contract, Path("-")), input=body,
-                                  capture_output=True, check=True).stdout
-        plugin_config, stats = harness.compile_contract(envoy_contract)
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.body = body
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            port = server.server_address[1]
-            plain = harness.Envoy(envoy_config(port, [], stats), tmp, concurrency=1)
-            filtered = harness.Envoy(envoy_config(port, [harness.wasm_http_filter(plugin_config)], stats), tmp,
-                                     concurrency=1)
-            with plain, filtered:
-                status, got = harness.http_get(filtered.port, "/metrics")
-                if status != 200 or got != expected:
-                    raise RuntimeError(f"the filter's output differs from the CLI's (status {status}, "
-                                       f"{len(got)} vs {len(expected)} bytes)")
-                status, got = harness.http_get(plain.port, "/metrics")
-                assert status == 200 and got == body
-                for envoy in (plain, filtered):   # warm up
-                    wrk(envoy.port, 1)
-                results = {"no filter": [], "metricpact": []}
-                for r in range(args.rounds):
-                    for name, envoy in (("no filter", plain), ("metricpact", filtered)):
-                        mean, median, n = wrk(envoy.port, args.seconds)
-                        results[name].append((mean, median, n))
-                        print(f"round {r + 1}: {name:10s} mean {mean:6.2f} ms  median {median:6.2f} ms  ({n} scrapes)")
-                expo = filtered.scrape()
-                rewritten = expo.total("metricpact_exposition_scrapes_total", metricpact_result="rewritten")
-                others = sum(s.value for s in expo.series("metricpact_exposition_scrapes_total")) - rewritten
-        finally:
-            server.shutdown()
-            server.server_close()
-        base = statistics.median(m for m, _, _ in results["no filter"])
-        mp = statistics.median(m for m, _, _ in results["metricpact"])
-        base_p50 = statistics.median(p for _, p, _ in results["no filter"])
-        mp_p50 = statistics.median(p for _, p, _ in results["metricpact"])
-        added = mp - base
-        summary += [
-            f"(b) through Envoy 1.40 (1 worker; wrk -t1 -c1, {args.rounds} x {args.seconds} s per Envoy, "
-            f"median of rounds):",
-            f"    body {len(body) / 1e3:.0f} KB -> rewritten {len(expected) / 1e3:.0f} KB (identical to the CLI's)",
-            f"    per scrape, no filter:   mean {base:6.2f} ms  median {base_p50:6.2f} ms",
-            f"    per scrape, metricpact:  mean {mp:6.2f} ms  median {mp_p50:6.2f} ms",
-            f"    added by the rewrite:    {added:6.2f} ms per scrape = {len(body) / 1e6 / (added / 1e3):6.1f} MB/s"
-            if added > 0 else f"    added by the rewrite:    {added:6.2f} ms per scrape (within noise)",
-            f"    metricpact counted {int(rewritten):,} rewritten scrapes, {int(others)} other outcomes",
-        ]
-
-    print("\n" + "=" * 78)
-    print(f"metricpact exposition rewrite throughput   ({command})")
-    print(f"metricpact: {harness.CLI}, metricpact.wasm: {harness.WASM} ({harness.WASM.stat().st_size:,} bytes)")
-    print("\n".join(summary))
-    return 0
+    result = run(args, benchlib.Cores.choose(args.cores))
+    print()
+    for contract, sizes in result["native"].items():
+        for size, r in sizes.items():
+            print(f"native   {contract:12s} {size}: median {r['median_mb_s']:8.1f} MB/s  best {r['best_mb_s']:8.1f} MB/s")
+    for size, r in result["envoy"].items():
+        for contract in CONTRACTS:
+            e = r[contract]
+            print(f"envoy    {contract:12s} {size}: +{e['added_ms']:.2f} ms per scrape (no filter "
+                  f"{r['no filter']['p50_ms']:.2f} ms) = {e['mb_s']:.1f} MB/s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,281 @@
+"""`make bench`: metricpact's benchmarks in one run, ending with a markdown table of the figures
+and of the budgets in BENCHMARKS.md, each marked met or missed.
+
+  1. Envoy CPU per proxied request and latency: no filter, an empty Rust proxy-wasm filter,
+     metricpact with the default contract and with a heavy one (tests/bench/cpu_per_request.py)
+  2. exposition rewrite throughput, natively and through Envoy, 1 MB and 8 MB bodies, an
+     inject-only and a rename-heavy contract (tests/bench/rewrite_throughput.py)
+  3. metricpact.wasm's size; Envoy's memory and stats after 1,000,000 requests over 100,000
+     distinct paths (tests/bench/memory.py)
+
+Needs target/wasm32-wasip1/release/metricpact.wasm, target/release/metricpact and the empty
+filter (target/bench-empty-filter/...; the Makefile's bench target builds all three); runs the
+native rewrite bench with $CARGO (default `cargo`). Writes target/bench/results.md and
+results.json; --update-benchmarks also replaces the results section of BENCHMARKS.md.
+
+usage: .venv/bin/python tests/bench/bench.py [--quick] [--only cpu,rewrite,memory] [--update-benchmarks]
+Every process it starts is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import benchlib
+import cpu_per_request
+import memory
+import rewrite_throughput
+from benchlib import harness
+
+SECTIONS = ("cpu", "rewrite", "memory")
+QUICK = {"rounds": 2, "seconds": 2, "warmup": 1, "rewrite_rounds": 1, "rewrite_seconds": 1, "iters": 5,
+         "requests": 100_000, "paths": 10_000, "baseline_requests": 50_000}
+MIB = 1 << 20
+BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
+
+# The budgets of BENCHMARKS.md.
+CPU_X_NOFILTER = 1.05          # metricpact (default contract) CPU/request <= 1.05x no filter
+CPU_ADDED_X_EMPTY = 1.5        # ... and its cost above no filter <= 1.5x the empty filter's
+REWRITE_NATIVE_MB_S = 1000     # inject-only, native
+REWRITE_ENVOY_MB_S = 300       # inject-only, through Envoy
+WASM_MAX = 1 * MIB
+LINEAR_MEMORY_MAX = 4 * MIB
+
+
+def log(msg: str):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}" if not msg.startswith("  ") else msg, flush=True)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short settings, to try the harness (figures not for the record)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: cpu, rewrite, memory")
+    parser.add_argument("--cores", help="ENVOY,LOAD CPU numbers (default: the first two allowed)")
+    parser.add_argument("--out", default=str(benchlib.ROOT / "target/bench"), help="where results.md/.json go")
+    parser.add_argument("--update-benchmarks", action="store_true",
+                        help=f"replace the text between {BEGIN} and {END} in BENCHMARKS.md with the results")
+    g = parser.add_argument_group("1. CPU per request")
+    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--seconds", type=int, default=5)
+    g.add_argument("--warmup", type=int, default=2)
+    g.add_argument("--connections", type=int, default=8)
+    g = parser.add_argument_group("2. rewrite")
+    g.add_argument("--rewrite-rounds", type=int, default=5)
+    g.add_argument("--rewrite-seconds", type=int, default=3)
+    g.add_argument("--iters", type=int, default=15)
+    g.add_argument("--warmup-iters", type=int, default=3)
+    g = parser.add_argument_group("3. memory")
+    g.add_argument("--requests", type=int, default=1_000_000)
+    g.add_argument("--paths", type=int, default=100_000)
+    g.add_argument("--max-seconds", type=int, default=900)
+    g.add_argument("--baseline-requests", type=int, default=200_000,
+                   help="requests through the no-filter Envoy of the memory run")
+    g.add_argument("--no-baseline", action="store_true", help="skip the no-filter Envoy of the memory run")
+    args = parser.parse_args()
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def section_args(args, **names) -> argparse.Namespace:
+    return argparse.Namespace(**{k: getattr(args, v) for k, v in names.items()})
+
+
+# ---------------------------------------------------------------- report
+
+def status(ok) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def x(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}×"
+
+
+def mb(v: float) -> str:
+    return "n/a" if v is None else ("∞ (within noise)" if math.isinf(v) else f"{v:,.0f}")
+
+
+def mib(v) -> str:
+    return "n/a" if v is None else f"{v / MIB:.1f} MiB"
+
+
+def report(results: dict, args, elapsed: float) -> str:
+    m = results["machine"]
+    out = [
+        f"Run {results['date']} on `{results['git']}`: `{results['command']}`"
+        f"{' (**--quick: short settings, not for the record**)' if args.quick else ''}, {elapsed / 60:.1f} min.",
+        f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['mem_gib']:.1f} GiB, Linux {m['kernel']}; Envoy {m['envoy']}; "
+        f"load average at start {' '.join(m['loadavg'])}. {results['cores']}.",
+        "",
+    ]
+    budgets = []
+    cpu = results.get("cpu")
+    if cpu:
+        out += [
+            f"**1. Envoy CPU per proxied request** (1 worker; wrk 1 thread × {cpu['connections']} connections, "
+            f"tests/bench/lua/traffic.lua; median of {cpu['rounds']} rounds × {cpu['seconds']} s; ratios are "
+            "medians of the per-round ratios)",
+            "",
+            "| variant | CPU µs/request | × no filter | × empty filter | µs above no filter | ÷ empty filter's | "
+            "p50 ms | p50 × no filter | p50 × empty | p99 ms | p99 × no filter | p99 × empty | req/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in cpu["variants"].items():
+            out.append(
+                f"| {name} | {v['cpu_us']:.1f} | {x(v['cpu_us_x_nofilter'])} | {x(v['cpu_us_x_empty'])} | "
+                f"{v['cpu_added_us']:+.1f} | {x(v['cpu_added_x_empty_added']) if name != 'no filter' else '–'} | "
+                f"{v['p50_ms']:.3f} | {x(v['p50_ms_x_nofilter'])} | {x(v['p50_ms_x_empty'])} | "
+                f"{v['p99_ms']:.3f} | {x(v['p99_ms_x_nofilter'])} | {x(v['p99_ms_x_empty'])} | {v['rps']:,.0f} |")
+        out += ["", f"The heavy contract's traffic made {cpu['heavy_series']} series over "
+                    f"{cpu['heavy_routes']} route templates.", ""]
+        d = cpu["variants"]["metricpact"]
+        budgets += [
+            ("CPU per request, default contract", f"≤ {CPU_X_NOFILTER}× no filter", x(d["cpu_us_x_nofilter"]),
+             d["cpu_us_x_nofilter"] <= CPU_X_NOFILTER),
+            ("CPU above no filter, default contract", f"≤ {CPU_ADDED_X_EMPTY}× the empty filter's",
+             f"{x(d['cpu_added_x_empty_added'])} ({d['cpu_added_us']:+.1f} µs vs "
+             f"{cpu['variants']['empty filter']['cpu_added_us']:+.1f} µs)",
+             None if math.isnan(d["cpu_added_x_empty_added"]) else d["cpu_added_x_empty_added"] <= CPU_ADDED_X_EMPTY),
+        ]
+    rw = results.get("rewrite")
+    if rw:
+        out += [
+            f"**2. Exposition rewrite throughput** (MB = 10⁶ bytes of input. Native: `cargo bench --bench rewrite`, "
+            f"{args.warmup_iters} warm-up + {args.iters} iterations. Through Envoy: sequential scrapes with wrk, "
+            f"{args.rewrite_rounds} rounds × {args.rewrite_seconds} s, added time = median per-round difference of "
+            "median scrape times with and without the filter; MB/s = body / added time)",
+            "",
+            "| contract | body | output | native median MB/s | native best MB/s | Envoy scrape, no filter ms | "
+            "with metricpact ms | added ms | through Envoy MB/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for contract in rewrite_throughput.CONTRACTS:
+            for size in rewrite_throughput.SIZES:
+                n = rw["native"][contract][size]
+                e = rw["envoy"][size]
+                out.append(f"| {contract} | {size} ({n['in_bytes'] / 1e6:.2f} MB) | {n['out_bytes'] / 1e6:.2f} MB | "
+                           f"{mb(n['median_mb_s'])} | {mb(n['best_mb_s'])} | {e['no filter']['p50_ms']:.2f} | "
+                           f"{e[contract]['p50_ms']:.2f} | {e[contract]['added_ms']:.2f} | {mb(e[contract]['mb_s'])} |")
+        out.append("")
+        native_inject = rw["native"]["inject-only"]["8 MB"]["median_mb_s"]
+        envoy_inject = min(rw["envoy"][s]["inject-only"]["mb_s"] for s in rewrite_throughput.SIZES)
+        budgets += [
+            ("Rewrite, native, inject-only (8 MB, median)", f"≥ {REWRITE_NATIVE_MB_S:,} MB/s", f"{mb(native_inject)} MB/s",
+             native_inject >= REWRITE_NATIVE_MB_S),
+            ("Rewrite through Envoy, inject-only (slower of 1 MB and 8 MB)", f"≥ {REWRITE_ENVOY_MB_S} MB/s",
+             f"{mb(envoy_inject)} MB/s", envoy_inject >= REWRITE_ENVOY_MB_S),
+        ]
+    mem = results.get("memory")
+    if mem:
+        mp = mem["metricpact"]
+        nf = mem.get("no filter")
+        budget_series = mem["max_series"] + 1
+        worst = max(mem["series"].values()) if mem["series"] else 0
+        series = ", ".join(f"`{k}` {v:,}" for k, v in mem["series"].items())
+        out += [
+            f"**3. Size and memory** (1 worker; {mp['requests']:,} requests over {mem['paths']:,} distinct paths "
+            f"through `{mem['contract']}`: raw paths as `http_route`, max_values 2,000, max_series "
+            f"{mem['max_series']:,})",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| metricpact.wasm | {mem['wasm_bytes']:,} bytes ({mem['wasm_bytes'] / MIB:.2f} MiB)"
+            + (f"; the empty filter: {mem['empty_wasm_bytes']:,} bytes" if mem.get("empty_wasm_bytes") else "") + " |",
+            f"| Envoy VmRSS with metricpact | {mib(mp['rss_before'])} at start → {mib(mp['rss_after'])} after |",
+            (f"| Envoy VmRSS without a filter ({nf['requests']:,} requests of the same kind) | "
+             f"{mib(nf['rss_before'])} → {mib(nf['rss_after'])} |"
+             if nf else "| Envoy VmRSS without a filter | not run |"),
+            f"| VM linear memory (`{memory.VM_MEMORY}`) | {mib(mem['vm_memory_bytes'])} |",
+            f"| metricpact series per metric | {series} (budget: max_series {mem['max_series']:,} + 1 overflow series) |",
+            f"| `http_route` values kept | {mem['route_values']:,}; overflows counted: series {mem['series_overflow']:,.0f}, "
+            f"label values {mem['label_overflow']:,.0f} |",
+            f"| Envoy stats (`/stats` entries) | {mem['stats_total']:,}, of which {mem['stats_wasm']:,} the filter's"
+            + (f"; without the filter: {nf['stats_total']:,}" if nf else "") + " |",
+            f"| throughput of this run | metricpact {mp['requests'] / mp['seconds']:,.0f} req/s"
+            + (f", no filter {nf['requests'] / nf['seconds']:,.0f} req/s" if nf else "") + " |",
+            "",
+        ]
+        vm = mem["vm_memory_bytes"]
+        budgets += [
+            ("metricpact.wasm size", "≤ 1 MiB", f"{mem['wasm_bytes']:,} bytes", mem["wasm_bytes"] <= WASM_MAX),
+            ("VM linear memory after the 1M-request run", "≤ 4 MiB", mib(vm), None if vm is None else vm <= LINEAR_MEMORY_MAX),
+            ("metricpact series per metric", f"≤ max_series + 1 = {budget_series:,}", f"{worst:,}", worst <= budget_series),
+        ]
+    if budgets:
+        out += ["**Budgets**", "", "| budget | target | measured | status |", "|---|---|---|---|"]
+        out += [f"| {name} | {target} | {measured} | {status(ok)} |" for name, target, measured, ok in budgets]
+        out.append("")
+    return "\n".join(out)
+
+
+def update_benchmarks(text: str):
+    path = benchlib.ROOT / "BENCHMARKS.md"
+    doc = path.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} section")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    log(f"updated {path}")
+
+
+def main():
+    args = parse_args()
+    cores = benchlib.Cores.choose(args.cores)
+    for path, what in ((harness.WASM, "metricpact.wasm"), (harness.CLI, "the metricpact CLI"),
+                       (benchlib.EMPTY_WASM, "the empty filter")):
+        if not path.exists():
+            raise SystemExit(f"{what} is missing ({path}): run `make bench`, which builds it")
+    started = time.monotonic()
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=benchlib.ROOT, capture_output=True,
+                         text=True).stdout.strip() or "?"
+    results = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "git": git,
+        "command": shlex.join(["tests/bench/bench.py", *sys.argv[1:]]),
+        "machine": benchlib.machine(),
+        "cores": cores.describe(),
+    }
+    log(f"metricpact bench: {', '.join(args.only)}; {results['cores']}")
+    if "cpu" in args.only:
+        log("1/3 Envoy CPU per proxied request")
+        results["cpu"] = cpu_per_request.run(section_args(args, rounds="rounds", seconds="seconds", warmup="warmup",
+                                                          connections="connections"), cores, log)
+    if "rewrite" in args.only:
+        log("2/3 exposition rewrite throughput")
+        results["rewrite"] = rewrite_throughput.run(section_args(args, rounds="rewrite_rounds", seconds="rewrite_seconds",
+                                                                 iters="iters", warmup_iters="warmup_iters"), cores, log)
+    if "memory" in args.only:
+        log("3/3 size and memory")
+        results["memory"] = memory.run(section_args(args, requests="requests", paths="paths", connections="connections",
+                                                    max_seconds="max_seconds", no_baseline="no_baseline",
+                                                    baseline_requests="baseline_requests"), cores, log)
+    elapsed = time.monotonic() - started
+    results["seconds"] = elapsed
+    text = report(results, args, elapsed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    benchlib.dump(out / "results.json", results)
+    print("\n" + "=" * 100 + "\n")
+    print(text)
+    print(f"(written to {out / 'results.md'} and results.json; {elapsed / 60:.1f} min)")
+    if args.update_benchmarks:
+        update_benchmarks(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
