@@ -9,6 +9,7 @@ pub(crate) mod line;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use regex::Regex;
 
@@ -37,7 +38,8 @@ impl Format {
             return Format::OpenMetrics;
         }
         let trimmed = body.strip_suffix(b"\n").unwrap_or(body);
-        if trimmed.ends_with(b"# EOF") {
+        // The last line itself, not a HELP text or comment that ends in `# EOF`.
+        if trimmed.rsplit(|&b| b == b'\n').next() == Some(&b"# EOF"[..]) {
             Format::OpenMetrics
         } else {
             Format::Text
@@ -145,9 +147,33 @@ fn whole(pattern: &str) -> Result<Regex, String> {
 }
 
 enum ValueRule {
-    Table(HashMap<String, String>),
+    Table(FastMap<String, String>),
     Regex(Regex, String),
 }
+
+/// Hashes held series keys: they come from the app's exposition, which the sidecar trusts as much
+/// as the app itself, so a fast non-keyed hash (FxHash's) is enough.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Maps keyed by names from the contract or the app's exposition (see [`FastHasher`]).
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// A label injected into every series: name and value escaped once at configure time.
 struct Inject {
@@ -161,16 +187,16 @@ pub struct Rewriter {
     keep: Option<Vec<Regex>>,
     drop: Vec<Regex>,
     drop_series: Vec<(String, Regex)>,
-    exact_renames: HashMap<String, String>,
+    exact_renames: FastMap<String, String>,
     regex_renames: Vec<Compiled<String>>,
-    label_renames: HashMap<String, String>,
-    value_maps: HashMap<String, ValueRule>,
+    label_renames: FastMap<String, String>,
+    value_maps: FastMap<String, ValueRule>,
     label_drops: Vec<(String, Option<Vec<Regex>>)>,
     injects: Vec<Inject>,
     required: Vec<String>,
     max_body_bytes: usize,
     /// Migrated families: final name (text naming) → (old name, sunset in Unix seconds).
-    metric_aliases: HashMap<String, (String, u64)>,
+    metric_aliases: FastMap<String, (String, u64)>,
     /// Migrated labels: (new name, old name, sunset in Unix seconds).
     label_aliases: Vec<(String, String, u64)>,
 }
@@ -179,7 +205,7 @@ impl Rewriter {
     /// Compiles `spec`. `node` resolves node-metadata sources of injected labels (configure time).
     pub fn new(spec: &ExpositionSpec, node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>, max_value_length: usize) -> Result<Rewriter, String> {
         let regexes = |list: &[String]| list.iter().map(|p| whole(p)).collect::<Result<Vec<_>, _>>();
-        let mut exact_renames = HashMap::new();
+        let mut exact_renames = FastMap::default();
         let mut regex_renames = Vec::new();
         for rename in &spec.rename_metrics {
             if !crate::names::is_valid_metric_name(&rename.to) && !rename.to.contains('$') {
@@ -192,7 +218,7 @@ impl Rewriter {
                 NameMatch::Regex(pattern) => regex_renames.push(Compiled { regex: whole(pattern)?, value: rename.to.clone() }),
             }
         }
-        let mut value_maps = HashMap::new();
+        let mut value_maps = FastMap::default();
         for map in &spec.map_values {
             let rule = match (&map.values, &map.regex, &map.to) {
                 (Some(values), None, None) => ValueRule::Table(values.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
@@ -405,7 +431,7 @@ struct Family {
     unit_ok: bool,
     /// Held-back output of a family being aggregated: (series key, value, is_created).
     held: Vec<(String, f64, bool)>,
-    held_index: HashMap<String, usize>,
+    held_index: FastMap<String, usize>,
     /// The same samples with unmapped values and all labels, used if aggregation is refused.
     held_plain: Vec<u8>,
     /// The same samples rewritten but not merged (timestamps and exemplars intact), used when no
@@ -435,6 +461,8 @@ struct Run<'r> {
     labels: Vec<(String, String)>,
     /// `labels` before value maps (for families that may have to fall back).
     unmapped: Vec<(String, String)>,
+    /// Scratch space for a held sample's series key.
+    key: Vec<u8>,
 }
 
 impl<'r> Run<'r> {
@@ -451,6 +479,7 @@ impl<'r> Run<'r> {
             stats: RewriteStats::default(),
             labels: Vec::new(),
             unmapped: Vec::new(),
+            key: Vec::new(),
         }
     }
 
@@ -595,7 +624,7 @@ impl<'r> Run<'r> {
             new_name,
             keep,
             held: Vec::new(),
-            held_index: HashMap::new(),
+            held_index: HashMap::default(),
             held_plain: Vec::new(),
             held_exact: Vec::new(),
             collided: false,
@@ -757,13 +786,15 @@ impl<'r> Run<'r> {
         // As the app had it (values unmapped, labels kept): what a refused family falls back to.
         add_label_aliases(&mut self.unmapped, &self.rw.label_aliases);
         write_sample(&mut family.held_plain, &name, &self.unmapped, rest);
-        let mut kept: Vec<(String, String)> = self.labels.iter().filter(|(n, _)| !family.drops.contains(n)).cloned().collect();
-        add_label_aliases(&mut kept, &self.rw.label_aliases);
+        // Dropped labels go (in place: `labels` is rebuilt for every sample), aliases are added.
+        self.labels.retain(|(n, _)| !family.drops.contains(n));
+        add_label_aliases(&mut self.labels, &self.rw.label_aliases);
+        let kept = &self.labels;
         // Rewritten, with its timestamp and exemplar: what a family without collisions emits.
-        write_sample(&mut family.held_exact, &name, &kept, rest);
-        let mut key = Vec::new();
-        write_sample(&mut key, &name, &kept, "");
-        let key = String::from_utf8(key).unwrap_or_default();
+        write_sample(&mut family.held_exact, &name, kept, rest);
+        self.key.clear();
+        write_sample(&mut self.key, &name, kept, "");
+        let key = std::str::from_utf8(&self.key).unwrap_or_default();
         let value_text = rest.split_whitespace().next().ok_or(Unparsable { line: line_no, reason: "sample without value" })?;
         let value = line::parse_value(value_text).ok_or(Unparsable { line: line_no, reason: "sample value is not a number" })?;
         let created = suffix == "_created" || family.created_companion;
@@ -772,7 +803,7 @@ impl<'r> Run<'r> {
             Kind::Summary => suffix == "_sum" || suffix == "_count",
             _ => false,
         };
-        match family.held_index.get(&key) {
+        match family.held_index.get(key) {
             Some(&i) => {
                 if !summable {
                     family.refuse = true;
@@ -783,8 +814,8 @@ impl<'r> Run<'r> {
                 self.stats.series_aggregated += 1;
             }
             None => {
-                family.held_index.insert(key.clone(), family.held.len());
-                family.held.push((key, value, created));
+                family.held_index.insert(key.to_string(), family.held.len());
+                family.held.push((key.to_string(), value, created));
             }
         }
         Ok(())
