@@ -26,8 +26,8 @@ wasm:
 cli:
 	$(CARGO) build --release --bin metricpact
 
-## test: the whole suite (unit tests native and in Wasm, contract checks, real-Envoy tests)
-test: build test-unit test-wasm check-contracts test-envoy
+## test: the whole suite (unit tests native and in Wasm, contract checks, real-Envoy tests, 30 s per fuzz target)
+test: build test-unit test-wasm check-contracts test-envoy fuzz-smoke
 
 test-unit:
 	$(CARGO) test

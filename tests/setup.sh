@@ -79,4 +79,10 @@ if [ -f Cargo.lock ]; then
       cargo install --quiet wasm-bindgen-cli --version "$want"
   fi
 fi
+
+# cargo-fuzz for `make fuzz` / `make fuzz-smoke` (they build with --sanitizer none: stable is enough).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz (compiles for a few minutes)"
+  cargo install --quiet cargo-fuzz --locked
+fi
 log "ok"

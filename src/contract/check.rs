@@ -486,7 +486,8 @@ impl Checker<'_> {
             };
             let template = match (&def.template, kind) {
                 (Some(t), _) => t.value.clone(),
-                (None, "exact") => text.value.clone(),
+                // The path itself; a `$` in it is a literal dollar (`$$`), not a capture.
+                (None, "exact") => text.value.replace('$', "$$"),
                 (None, _) => {
                     self.error(&rule.referenced, format!("`{kind}` rule needs a `template` (the route value, e.g. /users/{{id}})"));
                     continue;
@@ -518,4 +519,26 @@ impl Checker<'_> {
 
 fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::routes::{route_text, RouteMatcher};
+
+    #[test]
+    fn an_exact_path_with_a_dollar_is_its_own_route() {
+        // Found by fuzzing (tests/fuzz, contract): the template `exact: /price/$5` defaults to
+        // (the path) passed `check`, and the filter then refused its `$5` as a capture.
+        let file = File {
+            path: PathBuf::from("c.yaml"),
+            text: "format: metricpact/v1\nname: c\nversion: '1'\nroutes:\n  rules:\n    - exact: /price/$5\n".into(),
+        };
+        let (config, _, diags) = check(&file, &file.parse().unwrap());
+        assert!(diags.iter().all(|d| d.severity != Severity::Error), "{diags:?}");
+        let routes = RouteMatcher::new(&config.routes.rules).expect("the filter accepts the route");
+        assert_eq!(route_text(&routes, "/price/$5").as_deref(), Some("/price/$5"));
+    }
 }

@@ -697,7 +697,8 @@ impl<'r> Run<'r> {
     }
 
     fn sample(&mut self, sample: Sample<'_>, line_no: usize) -> Result<(), Unparsable> {
-        let suffix = match self.suffix_in_family(sample.name) {
+        // A sample after HELP/UNIT lines of another metric does not go back into the open family.
+        let suffix = match self.suffix_in_family(sample.name).filter(|_| self.pending.is_empty()) {
             Some(s) => s.to_string(),
             None => {
                 // An untyped sample (text format): its own family, metadata from `pending`.

@@ -433,3 +433,17 @@ fn free_comments_and_repeated_help_lines_keep_their_order() {
     let input = "# HELP a x\n# a comment\n# HELP b y\n# HELP a z\n# TYPE a counter\na 1\n";
     assert_eq!(rewrite(&spec(), input), input);
 }
+
+#[test]
+fn samples_after_another_metrics_help_line_stay_after_it() {
+    for input in ["# TYPE a counter\na 1\n# HELP b y\na 2\n", "# HELP a x\n# HELP b y\n# HELP c z\nb 1\n"] {
+        assert_eq!(rewrite(&spec(), input), input);
+    }
+}
+
+#[test]
+fn a_text_body_whose_last_line_ends_in_eof_is_text() {
+    let input = "# HELP a Counts # EOF\n# TYPE a counter\na 1\n# a comment # EOF\n";
+    assert_eq!(Format::detect(None, input.as_bytes()), Format::Text);
+    assert_eq!(rewrite(&spec(), input), input);
+}
