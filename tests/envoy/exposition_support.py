@@ -15,9 +15,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import socketserver
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,36 +160,21 @@ class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _serve
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class ScriptedUpstream:
+class ScriptedUpstream(harness.LocalHTTPServer):
     """`up.answers[path] = Scripted(...)` (path with or without the query); `up.received` lists
     every request in arrival order."""
 
     def __init__(self):
         self.answers: dict[str, Scripted] = {}
         self.received: list[Received] = []
-        self.server = _Server(("127.0.0.1", 0), _ScriptedHandler)
+        super().__init__(_ScriptedHandler)
         self.server.upstream = self
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def last(self, path: str) -> Received:
         """The last request for exactly `path` (with its query)."""
         found = [r for r in self.received if r.path == path]
         assert found, f"the upstream got no request for {path}: {[r.path for r in self.received]}"
         return found[-1]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # ---------------------------------------------------------------- metricpact's self-metrics

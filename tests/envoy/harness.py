@@ -102,11 +102,12 @@ class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
-class Upstream:
-    """An HTTP server on 127.0.0.1: `?status=N` answers N, `?delay_ms=N` waits N ms first."""
+class LocalHTTPServer:
+    """A threaded HTTP server on 127.0.0.1, on a free port, answering with `handler`;
+    `with` starts and stops it."""
 
-    def __init__(self):
-        self.server = _ThreadingServer(("127.0.0.1", 0), _UpstreamHandler)
+    def __init__(self, handler):
+        self.server = _ThreadingServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -117,6 +118,13 @@ class Upstream:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class Upstream(LocalHTTPServer):
+    """An HTTP server on 127.0.0.1: `?status=N` answers N, `?delay_ms=N` waits N ms first."""
+
+    def __init__(self):
+        super().__init__(_UpstreamHandler)
 
 
 # ---------------------------------------------------------------- Envoy

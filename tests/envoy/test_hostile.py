@@ -13,12 +13,11 @@ compared with a filterless Envoy."""
 import http.client
 import http.server
 import re
-import threading
 from collections import Counter
 
 import pytest
 
-from harness import ISTIO_NODE_METADATA, Route, _ThreadingServer, raw_exchange, sidecar, wait_until, \
+from harness import ISTIO_NODE_METADATA, LocalHTTPServer, Route, raw_exchange, sidecar, wait_until, \
     without_volatile_headers, write_contract
 
 REQUESTS = "http_server_requests_total"
@@ -85,19 +84,9 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
         raise AttributeError(name)
 
 
-class EchoUpstream:
+class EchoUpstream(LocalHTTPServer):
     def __init__(self):
-        self.server = _ThreadingServer(("127.0.0.1", 0), _EchoHandler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_EchoHandler)
 
 
 @pytest.fixture(scope="module")
