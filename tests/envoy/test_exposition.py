@@ -895,17 +895,24 @@ def test_rewrite_growing_past_envoys_buffer_limit_never_fails_the_scrape(tmp_pat
                                                    concurrency=1) as envoy:
         up.answers["/metrics"] = Scripted(body, headers=TEXT_PLAIN_004)
         before = self_metrics(envoy)
-        try:
-            resp = scrape(envoy.port)
-        except (OSError, http.client.HTTPException) as e:   # the scrape failed
-            resp = e
-        time.sleep(0.2)
-        log = "\n".join(l for l in envoy.log_text().splitlines() if "critical" in l or "error" in l)[:1500]
-        assert envoy.proc.poll() is None, f"Envoy died (scrape: {resp!r}):\n{log}"
-        assert not isinstance(resp, Exception), f"the scrape failed: {resp!r}\n{log}"
+        resp = scrape_surviving(envoy)
         assert resp.status == 200
         assert resp.body == expected
         assert delta(before, self_metrics(envoy)) == {"too_large": 1}
+
+
+def scrape_surviving(envoy):
+    """Scrapes /metrics through `envoy` and asserts that the scrape got an answer and Envoy is still
+    running (an oversized rewrite once made Envoy crash)."""
+    try:
+        resp = scrape(envoy.port)
+    except (OSError, http.client.HTTPException) as e:   # the scrape failed
+        resp = e
+    time.sleep(0.2)
+    log = "\n".join(l for l in envoy.log_text().splitlines() if "critical" in l or "error" in l)[:1500]
+    assert envoy.proc.poll() is None, f"Envoy died (scrape: {resp!r}):\n{log}"
+    assert not isinstance(resp, Exception), f"the scrape failed: {resp!r}\n{log}"
+    return resp
 
 
 HELD_LAST_CONTRACT = GROWING_CONTRACT + """  drop_labels:
@@ -933,14 +940,7 @@ def test_output_bound_counts_a_held_back_last_family(tmp_path):
                                                    concurrency=1) as envoy:
         up.answers["/metrics"] = Scripted(body, headers=TEXT_PLAIN_004)
         before = self_metrics(envoy)
-        try:
-            resp = scrape(envoy.port)
-        except (OSError, http.client.HTTPException) as e:   # the scrape failed
-            resp = e
-        time.sleep(0.2)
-        log = "\n".join(l for l in envoy.log_text().splitlines() if "critical" in l or "error" in l)[:1500]
-        assert envoy.proc.poll() is None, f"Envoy died (scrape: {resp!r}):\n{log}"
-        assert not isinstance(resp, Exception), f"the scrape failed: {resp!r}\n{log}"
+        resp = scrape_surviving(envoy)
         assert resp.status == 200 and resp.body == body
         assert delta(before, self_metrics(envoy)) == {"too_large": 1}
     cli = _cli(contract, body)
