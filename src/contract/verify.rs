@@ -53,6 +53,7 @@ struct Family {
 fn families(body: &str) -> Result<HashMap<String, Family>, String> {
     let mut out: HashMap<String, Family> = HashMap::new();
     let mut types: HashMap<String, String> = HashMap::new();
+    let mut label_buffer = Vec::new();
     for (i, line) in body.lines().enumerate() {
         if line.is_empty() || line == "# EOF" {
             continue;
@@ -67,7 +68,7 @@ fn families(body: &str) -> Result<HashMap<String, Family>, String> {
         if line.starts_with('#') {
             continue;
         }
-        let sample = parse_sample(line).ok_or_else(|| format!("line {}: not a sample: {line}", i + 1))?;
+        let sample = parse_sample(line, &mut label_buffer, "").ok_or_else(|| format!("line {}: not a sample: {line}", i + 1))?;
         let mut family = sample.name.to_string();
         for suffix in ["_bucket", "_sum", "_count"] {
             if let Some(base) = sample.name.strip_suffix(suffix) {

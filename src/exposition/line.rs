@@ -3,11 +3,15 @@
 
 use std::borrow::Cow;
 
-/// A sample line, borrowing from the body.
-pub struct Sample<'a> {
+/// A sample line, borrowing from the body (and its labels from the caller's reused buffer).
+pub struct Sample<'a, 's> {
+    /// The whole line.
+    pub line: &'a str,
     pub name: &'a str,
+    /// `name` starts with the hint given to [`parse_sample`].
+    pub starts_with_hint: bool,
     /// `(name, raw escaped value)`.
-    pub labels: Vec<(&'a str, &'a str)>,
+    pub labels: &'s [(&'a str, &'a str)],
     /// The label block as written, braces included (`""` when the line has none).
     pub label_text: &'a str,
     /// Everything after the name and labels, starting with the separating space.
@@ -40,12 +44,42 @@ pub fn is_metric_name(s: &str) -> bool {
     !bytes.is_empty() && CLASS[bytes[0] as usize] & NAME_START != 0 && name_end(bytes, 1) == bytes.len()
 }
 
-/// End of the run of name characters starting at `from`.
+/// End of the run of name characters (`[A-Za-z0-9_:]`) starting at `from`: eight bytes per step,
+/// then a byte at a time. Inlined: most names are short, and the call would cost as much as the scan.
+#[inline(always)]
 fn name_end(bytes: &[u8], mut from: usize) -> usize {
+    while let Some(chunk) = bytes.get(from..from + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let others = non_name_lanes(word);
+        if others != 0 {
+            return from + (others.trailing_zeros() / 8) as usize;
+        }
+        from += 8;
+    }
     while from < bytes.len() && CLASS[bytes[from] as usize] & NAME_CHAR != 0 {
         from += 1;
     }
     from
+}
+
+/// The high bit of each lane of `word` that is not a name character. Lane arithmetic: for an
+/// ASCII byte x, `x + (0x80 - lo)` has its high bit set iff x >= lo, and cannot carry into the
+/// next lane. A non-ASCII lane is flagged itself and may carry into the lanes above it, which
+/// only matters above the lowest flagged lane, the one the caller uses.
+fn non_name_lanes(word: u64) -> u64 {
+    const HIGH: u64 = lanes(0x80);
+    let at_least = |x: u64, lo: u8| x.wrapping_add(lanes(0x80 - lo)) & HIGH;
+    let in_range = |x: u64, lo: u8, hi: u8| at_least(x, lo) & !at_least(x, hi + 1);
+    let lower = word | lanes(0x20);
+    let letter = in_range(lower, b'a', b'z');
+    let digit_or_colon = in_range(word, b'0', b':');
+    let underscore = {
+        // Exactly the zero lanes (no borrow between lanes, unlike the has-zero-byte trick).
+        let x = word ^ lanes(b'_');
+        !(((x & lanes(0x7f)) + lanes(0x7f)) | x) & HIGH
+    };
+    let name = (letter | digit_or_colon | underscore) & !(word & HIGH);
+    !name & HIGH
 }
 
 fn skip_spaces(bytes: &[u8], mut from: usize) -> usize {
@@ -55,16 +89,51 @@ fn skip_spaces(bytes: &[u8], mut from: usize) -> usize {
     from
 }
 
+/// A byte in every lane of a word, for the word-at-a-time scans.
+const fn lanes(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// The first `"` or `\\` at or after `from`: eight bytes per step (the has-zero-byte trick; the
+/// lowest flagged lane of each mask is exact, so the lowest of both is the first match).
+fn quote_or_backslash(bytes: &[u8], mut from: usize) -> Option<usize> {
+    const LOW: u64 = lanes(1);
+    const HIGH: u64 = lanes(0x80);
+    while let Some(chunk) = bytes.get(from..from + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().ok()?);
+        let quotes = word ^ lanes(b'"');
+        let backslashes = word ^ lanes(b'\\');
+        let found = (quotes.wrapping_sub(LOW) & !quotes | backslashes.wrapping_sub(LOW) & !backslashes) & HIGH;
+        if found != 0 {
+            return Some(from + (found.trailing_zeros() / 8) as usize);
+        }
+        from += 8;
+    }
+    bytes[from.min(bytes.len())..].iter().position(|&b| b == b'"' || b == b'\\').map(|i| from + i)
+}
+
+/// `bytes` starts with `prefix`, compared eight bytes at a time (no call into the C library's
+/// memcmp, which costs more than comparing a metric name).
+pub(crate) fn prefix_is(bytes: &[u8], prefix: &[u8]) -> bool {
+    let Some(head) = bytes.get(..prefix.len()) else { return false };
+    let (mut a, mut b) = (head.chunks_exact(8), prefix.chunks_exact(8));
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    (&mut a).zip(&mut b).all(|(x, y)| word(x) == word(y)) && a.remainder().iter().zip(b.remainder()).all(|(x, y)| x == y)
+}
+
 /// Parses `name{a="x",b="y"} 1 123`; `None` when the line is not a well-formed sample. One pass
-/// over the bytes; label names and values are slices of the line.
-pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
+/// over the bytes; label names and values are slices of the line, collected into `labels`
+/// (cleared first: one buffer serves every line of a body). `hint`, a valid metric name or `""`,
+/// is what the name likely starts with: if it does, those bytes need not be checked again.
+pub fn parse_sample<'a, 's>(line: &'a str, labels: &'s mut Vec<(&'a str, &'a str)>, hint: &str) -> Option<Sample<'a, 's>> {
     let bytes = line.as_bytes();
+    labels.clear();
     if bytes.is_empty() || CLASS[bytes[0] as usize] & NAME_START == 0 {
         return None;
     }
-    let mut i = name_end(bytes, 1);
+    let starts_with_hint = !hint.is_empty() && bytes.len() > hint.len() && prefix_is(bytes, hint.as_bytes());
+    let mut i = name_end(bytes, if starts_with_hint { hint.len() } else { 1 });
     let name = &line[..i];
-    let mut labels = Vec::new();
     if bytes.get(i) == Some(&b'{') {
         i += 1;
         loop {
@@ -90,12 +159,12 @@ pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
             i += 1;
             let value_start = i;
             loop {
-                match *bytes.get(i)? {
-                    b'\\' => i += 2,
-                    b'"' => break,
-                    b'\n' => return None,
-                    _ => i += 1,
+                // A line holds no newline (the body is split at them), so only these two matter.
+                i = quote_or_backslash(bytes, i)?;
+                if bytes[i] == b'"' {
+                    break;
                 }
+                i += 2;
             }
             labels.push((label, &line[value_start..i]));
             i = skip_spaces(bytes, i + 1);
@@ -112,23 +181,37 @@ pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
     }
     let label_text = &line[name.len()..i];
     let rest = &line[i..];
-    let value = rest.split_whitespace().next()?;
-    if !is_plain_decimal(value) {
-        parse_value(value)?;
+    // The common ` 123` or ` 1.5 1700000000`, checked without splitting on Unicode whitespace.
+    let after_blank = &rest.as_bytes()[1..];
+    let plain_end = after_blank.iter().position(|&b| b == b' ').unwrap_or(after_blank.len());
+    let plain = rest.as_bytes()[0] == b' ' && is_plain_decimal_bytes(&after_blank[..plain_end]);
+    if !plain {
+        let value = rest.split_whitespace().next()?;
+        if !is_plain_decimal(value) {
+            parse_value(value)?;
+        }
     }
-    Some(Sample { name, labels, label_text, rest })
+    Some(Sample { line, name, starts_with_hint, labels, label_text, rest })
 }
 
 /// `[+-]?digits[.digits]`: the common value, accepted without a float parse (a subset of what
 /// [`parse_value`] accepts).
 fn is_plain_decimal(s: &str) -> bool {
-    let bytes = s.as_bytes();
+    is_plain_decimal_bytes(s.as_bytes())
+}
+
+fn is_plain_decimal_bytes(bytes: &[u8]) -> bool {
     let digits = bytes.strip_prefix(b"-").or_else(|| bytes.strip_prefix(b"+")).unwrap_or(bytes);
-    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
-        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
-        None => (digits, &digits[..0]),
-    };
-    !whole.is_empty() && whole.iter().all(u8::is_ascii_digit) && fraction.iter().all(u8::is_ascii_digit)
+    // One pass: digits, at most one dot, and at least one digit before it.
+    let mut dot = false;
+    for (i, &b) in digits.iter().enumerate() {
+        if b == b'.' && !dot && i > 0 {
+            dot = true;
+        } else if !b.is_ascii_digit() {
+            return false;
+        }
+    }
+    !digits.is_empty()
 }
 
 pub fn parse_value(s: &str) -> Option<f64> {
@@ -197,6 +280,55 @@ pub fn openmetrics_rest_to_text(rest: &str) -> Option<String> {
         Some(ts) => {
             let seconds: f64 = ts.parse().ok()?;
             Some(format!(" {value} {}", (seconds * 1000.0).round() as i64))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn name_end_bytewise(bytes: &[u8], from: usize) -> usize {
+        from + bytes[from..].iter().take_while(|&&b| b.is_ascii_alphanumeric() || b == b'_' || b == b':').count()
+    }
+
+    fn quote_or_backslash_bytewise(bytes: &[u8], from: usize) -> Option<usize> {
+        bytes[from..].iter().position(|&b| b == b'"' || b == b'\\').map(|i| from + i)
+    }
+
+    #[test]
+    fn plain_decimals_are_sign_digits_and_one_dot_after_a_digit() {
+        for yes in ["0", "12345", "-1", "+7", "1.", "37.5", "-0.001"] {
+            assert!(is_plain_decimal(yes), "{yes}");
+        }
+        for no in ["", "-", "+", ".", ".5", "1.2.3", "1e3", "NaN", "+Inf", "1_000", "--1", "1 ", "0x1"] {
+            assert!(!is_plain_decimal(no), "{no}");
+        }
+    }
+
+    /// Every byte value in every lane, after name bytes and after each byte that could disturb
+    /// a neighbouring lane (`_`, `"`, `\`, 0x00, 0x01, 0x7f, 0x80, 0xff): the word-at-a-time scans
+    /// agree with the byte-at-a-time definitions.
+    #[test]
+    fn word_scans_agree_with_bytewise_scans() {
+        let neighbours = [b'a', b'_', b'"', b'\\', 0x00, 0x01, b'^', b'[', 0x7f, 0x80, 0xff];
+        for stop in 0..=255u8 {
+            for &before in &neighbours {
+                for at in 0..12 {
+                    let mut bytes = vec![b'a'; 20];
+                    bytes[at] = stop;
+                    if at > 0 {
+                        bytes[at - 1] = before;
+                    }
+                    for from in 0..3 {
+                        assert_eq!(name_end(&bytes, from), name_end_bytewise(&bytes, from), "{bytes:?} from {from}");
+                        assert_eq!(quote_or_backslash(&bytes, from), quote_or_backslash_bytewise(&bytes, from), "{bytes:?} from {from}");
+                    }
+                }
+            }
         }
     }
 }

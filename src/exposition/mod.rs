@@ -193,6 +193,8 @@ pub struct Rewriter {
     value_maps: FastMap<String, ValueRule>,
     label_drops: Vec<(String, Option<Vec<Regex>>)>,
     injects: Vec<Inject>,
+    /// `,name="value"` of every injected label, in order: what most samples get appended.
+    injected_text: String,
     required: Vec<String>,
     max_body_bytes: usize,
     /// Migrated families: final name (text naming) → (old name, sunset in Unix seconds).
@@ -241,7 +243,9 @@ impl Rewriter {
             let clean = sanitize(&value, max_value_length);
             injects.push(Inject { name: inject.name.clone(), escaped_value: escape_label_value(&clean), overwrite: inject.overwrite });
         }
+        let injected_text = injects.iter().map(|i| format!(",{}=\"{}\"", i.name, i.escaped_value)).collect();
         Ok(Rewriter {
+            injected_text,
             keep: spec.keep_metrics.as_deref().map(regexes).transpose()?,
             drop: regexes(&spec.drop_metrics)?,
             drop_series: spec.drop_series.iter().map(|d| Ok((d.label.clone(), whole(&d.regex)?))).collect::<Result<_, String>>()?,
@@ -328,6 +332,8 @@ impl Rewriter {
         let mut run = Run::new(self, input, text.len());
         run.output = format;
         let mut saw_eof = false;
+        // Every sample's labels, in one buffer for the whole body.
+        let mut labels = Vec::new();
         for (index, raw) in text.split_inclusive('\n').enumerate() {
             let line_no = index + 1;
             let line = raw.strip_suffix('\n').unwrap_or(raw);
@@ -348,7 +354,7 @@ impl Rewriter {
                 }
                 continue;
             }
-            run.line(line, line_no)?;
+            run.line(line, line_no, &mut labels)?;
         }
         if input == Format::OpenMetrics && !saw_eof {
             return Err(Unparsable { line: 0, reason: "OpenMetrics body without # EOF (truncated?)" });
@@ -418,6 +424,8 @@ struct Family {
     kind: Kind,
     /// New family name (what replaces `name`).
     new_name: String,
+    /// `new_name` is `name`: samples keep the name the app wrote.
+    same_name: bool,
     keep: bool,
     /// Labels to drop (with aggregation) in this family.
     drops: Vec<String>,
@@ -483,7 +491,7 @@ impl<'r> Run<'r> {
         }
     }
 
-    fn line(&mut self, line: &str, line_no: usize) -> Result<(), Unparsable> {
+    fn line<'a>(&mut self, line: &'a str, line_no: usize, labels: &mut Vec<(&'a str, &'a str)>) -> Result<(), Unparsable> {
         if line.is_empty() {
             if self.format == Format::OpenMetrics {
                 return Err(Unparsable { line: line_no, reason: "empty line in OpenMetrics" });
@@ -493,7 +501,9 @@ impl<'r> Run<'r> {
         if let Some(comment) = line.strip_prefix('#') {
             return self.comment(line, comment, line_no);
         }
-        let sample = parse_sample(line).ok_or(Unparsable { line: line_no, reason: "malformed sample line" })?;
+        // Samples mostly follow their family's TYPE line: its name need not be scanned again.
+        let hint = self.family.as_ref().map_or("", |f| f.name.as_str());
+        let sample = parse_sample(line, labels, hint).ok_or(Unparsable { line: line_no, reason: "malformed sample line" })?;
         self.sample(sample, line_no)
     }
 
@@ -621,6 +631,7 @@ impl<'r> Run<'r> {
             created_companion: companion,
             emitted: false,
             unit_ok: true,
+            same_name: new_name == name,
             new_name,
             keep,
             held: Vec::new(),
@@ -690,16 +701,21 @@ impl<'r> Run<'r> {
     }
 
     /// The suffix of `sample_name` within the open family, if it belongs to it.
-    fn suffix_in_family<'s>(&self, sample_name: &'s str) -> Option<&'s str> {
+    /// `known_prefix`: the sample's name is already known to start with the family's name.
+    fn suffix_in_family(&self, sample_name: &str, known_prefix: bool) -> Option<&'static str> {
         let family = self.family.as_ref()?;
-        let rest = sample_name.strip_prefix(family.name.as_str())?;
-        family.kind.suffixes().contains(&rest).then_some(rest)
+        let (name, family_name) = (sample_name.as_bytes(), family.name.as_bytes());
+        if name.len() < family_name.len() || !(known_prefix || same(&name[..family_name.len()], family_name)) {
+            return None;
+        }
+        let rest = &name[family_name.len()..];
+        family.kind.suffixes().iter().find(|s| same(s.as_bytes(), rest)).copied()
     }
 
-    fn sample(&mut self, sample: Sample<'_>, line_no: usize) -> Result<(), Unparsable> {
+    fn sample(&mut self, sample: Sample<'_, '_>, line_no: usize) -> Result<(), Unparsable> {
         // A sample after HELP/UNIT lines of another metric does not go back into the open family.
-        let suffix = match self.suffix_in_family(sample.name).filter(|_| self.pending.is_empty()) {
-            Some(s) => s.to_string(),
+        let suffix = match self.suffix_in_family(sample.name, sample.starts_with_hint).filter(|_| self.pending.is_empty()) {
+            Some(s) => s,
             None => {
                 // An untyped sample (text format): its own family, metadata from `pending`.
                 let pending = std::mem::take(&mut self.pending);
@@ -716,7 +732,7 @@ impl<'r> Run<'r> {
                         self.emit_metadata(&keyword, &rest);
                     }
                 }
-                String::new()
+                ""
             }
         };
         let rw = self.rw;
@@ -743,7 +759,8 @@ impl<'r> Run<'r> {
         }
         if !family.hold {
             // The common path: written straight out, no per-label allocation.
-            write_direct(&mut self.out, rw, &family.new_name, &suffix, &sample, &rest)
+            let new_name = if family.same_name { None } else { Some(family.new_name.as_str()) };
+            write_direct(&mut self.out, rw, new_name, suffix, &sample, &rest)
                 .map_err(|reason| Unparsable { line: line_no, reason })?;
             if let Some(f) = self.family.as_mut() {
                 f.emitted = true;
@@ -752,7 +769,7 @@ impl<'r> Run<'r> {
         }
         // Labels: rename, map values, inject (drops are applied per family below).
         self.labels.clear();
-        for (name, raw) in &sample.labels {
+        for (name, raw) in sample.labels {
             let name = rw.label_renames.get(*name).map_or(*name, String::as_str);
             if self.labels.iter().any(|(n, _)| n == name) {
                 return Err(Unparsable { line: line_no, reason: "label renamed onto another label of the same series" });
@@ -765,7 +782,7 @@ impl<'r> Run<'r> {
         }
         self.unmapped.clear();
         if family.hold {
-            for (name, raw) in &sample.labels {
+            for (name, raw) in sample.labels {
                 let name = rw.label_renames.get(*name).map_or(*name, String::as_str);
                 self.unmapped.push((name.to_string(), raw.to_string()));
             }
@@ -778,7 +795,7 @@ impl<'r> Run<'r> {
         if let Some(f) = self.family.as_mut() {
             f.emitted = true;
         }
-        self.hold(new_sample_name, &rest, &suffix, line_no)
+        self.hold(new_sample_name, &rest, suffix, line_no)
     }
 
     /// Buffers a sample of a family whose dropped labels may merge series.
@@ -846,6 +863,13 @@ impl<'r> Run<'r> {
     }
 }
 
+/// Equality of the short strings compared for every sample (suffixes, family and label names),
+/// without the call into the C library's memcmp that `==` makes.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && line::prefix_is(a, b)
+}
+
 /// The name `require_metrics` knows a family by (counters with `_total`, others by their name).
 fn required_name(family: &str, kind: Kind, format: Format) -> String {
     match kind {
@@ -857,7 +881,8 @@ fn required_name(family: &str, kind: Kind, format: Format) -> String {
 
 /// Writes a sample with renamed, mapped and injected labels directly into `out` (the path of
 /// families that are not held back), allocating only for values a map actually changes.
-fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &str, sample: &Sample<'a>, rest: &str) -> Result<(), &'static str> {
+/// `family`: the family's new name, `None` when samples keep theirs.
+fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: Option<&str>, suffix: &str, sample: &Sample<'a, '_>, rest: &str) -> Result<(), &'static str> {
     if rw.label_renames.is_empty() && rw.value_maps.is_empty() && rw.label_aliases.is_empty() {
         if let Some(()) = write_verbatim_labels(out, rw, family, suffix, sample, rest) {
             return Ok(());
@@ -874,8 +899,13 @@ fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &
             }
         }
     }
-    out.extend_from_slice(family.as_bytes());
-    out.extend_from_slice(suffix.as_bytes());
+    match family {
+        Some(family) => {
+            out.extend_from_slice(family.as_bytes());
+            out.extend_from_slice(suffix.as_bytes());
+        }
+        None => out.extend_from_slice(sample.name.as_bytes()),
+    }
     let mut written = 0;
     // Written labels' names and value positions, kept only while a label migration needs them.
     let mut positions: Vec<(&str, usize, usize)> = Vec::new();
@@ -892,7 +922,7 @@ fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &
         out.push(b'"');
         written += 1;
     };
-    for (name, raw) in &sample.labels {
+    for (name, raw) in sample.labels {
         let name = rw.label_renames.get(*name).map_or(*name, String::as_str);
         match rw.injects.iter().find(|i| i.name == name) {
             Some(inject) if inject.overwrite => label(out, name, &inject.escaped_value),
@@ -933,21 +963,25 @@ fn write_direct<'a>(out: &mut Vec<u8>, rw: &'a Rewriter, family: &str, suffix: &
 }
 
 /// The fast path of samples whose labels no rule rewrites: the label block is copied as the app
-/// wrote it and the injected labels appended. `None` (nothing written) when an injected label
-/// must overwrite one the sample has.
-fn write_verbatim_labels(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix: &str, sample: &Sample<'_>, rest: &str) -> Option<()> {
-    let mut injected = 0;
-    for inject in &rw.injects {
-        if sample.labels.iter().any(|(n, _)| *n == inject.name) {
-            if inject.overwrite {
-                return None;
+/// wrote it and the injected labels appended (all of them at once in the usual case that the
+/// sample has none of them). `None` (nothing written) when an injected label must overwrite one
+/// the sample has.
+fn write_verbatim_labels(out: &mut Vec<u8>, rw: &Rewriter, family: Option<&str>, suffix: &str, sample: &Sample<'_, '_>, rest: &str) -> Option<()> {
+    if rw.injects.len() > 64 {
+        return None;
+    }
+    // Bit i: the sample already has injects[i] (kept, as on_conflict says).
+    let mut present = 0u64;
+    for (name, _) in sample.labels {
+        for (i, inject) in rw.injects.iter().enumerate() {
+            if same(name.as_bytes(), inject.name.as_bytes()) {
+                if inject.overwrite {
+                    return None;
+                }
+                present |= 1 << i;
             }
-        } else {
-            injected += 1;
         }
     }
-    out.extend_from_slice(family.as_bytes());
-    out.extend_from_slice(suffix.as_bytes());
     // Inside the braces, without a trailing comma or blanks (`{a="1",}` is valid input).
     let inner = sample
         .label_text
@@ -956,22 +990,45 @@ fn write_verbatim_labels(out: &mut Vec<u8>, rw: &Rewriter, family: &str, suffix:
         .unwrap_or("")
         .trim_end_matches([' ', ',']);
     let inner = if sample.labels.is_empty() { "" } else { inner };
-    if !inner.is_empty() || injected > 0 {
-        out.push(b'{');
-        out.extend_from_slice(inner.as_bytes());
-        let mut first = inner.is_empty();
-        for inject in &rw.injects {
-            if sample.labels.iter().any(|(n, _)| *n == inject.name) {
-                continue;
+    let family_len = family.map_or(0, str::len);
+    out.reserve(family_len + sample.name.len() + inner.len() + rw.injected_text.len() + rest.len() + 4);
+    let braces = !inner.is_empty() || present.count_ones() as usize != rw.injects.len();
+    match family {
+        Some(family) => {
+            out.extend_from_slice(family.as_bytes());
+            out.extend_from_slice(suffix.as_bytes());
+            if braces {
+                out.push(b'{');
+                out.extend_from_slice(inner.as_bytes());
             }
-            if !first {
-                out.push(b',');
+        }
+        // The name and the labels as written, in one piece.
+        None if braces && !inner.is_empty() => out.extend_from_slice(&sample.line.as_bytes()[..sample.name.len() + 1 + inner.len()]),
+        None if braces => {
+            out.extend_from_slice(sample.name.as_bytes());
+            out.push(b'{');
+        }
+        None => out.extend_from_slice(sample.name.as_bytes()),
+    }
+    if braces {
+        if present == 0 {
+            let all = if inner.is_empty() { &rw.injected_text[1..] } else { &rw.injected_text[..] };
+            out.extend_from_slice(all.as_bytes());
+        } else {
+            let mut first = inner.is_empty();
+            for (i, inject) in rw.injects.iter().enumerate() {
+                if present & (1 << i) != 0 {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(inject.name.as_bytes());
+                out.extend_from_slice(b"=\"");
+                out.extend_from_slice(inject.escaped_value.as_bytes());
+                out.push(b'"');
             }
-            first = false;
-            out.extend_from_slice(inject.name.as_bytes());
-            out.extend_from_slice(b"=\"");
-            out.extend_from_slice(inject.escaped_value.as_bytes());
-            out.push(b'"');
         }
         out.push(b'}');
     }
