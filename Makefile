@@ -61,11 +61,13 @@ schema: cli
 
 ## bench: Envoy CPU and latency per proxied request (no filter, an empty Wasm filter, metricpact with the
 ## default and a heavy contract), exposition rewrite MB/s (native and through Envoy), .wasm size and
-## memory after 1M requests; ends with a markdown table of figures and budgets (BENCHMARKS.md), also
-## in target/bench/results.md. `make bench BENCH_ARGS=--quick` tries it with short settings.
+## memory after 1M requests, what each hostcall costs; ends with a markdown table of figures and
+## budgets (BENCHMARKS.md), also in target/bench/results.md. `make bench BENCH_ARGS=--quick` tries it with short settings.
 bench: build
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path tests/bench/empty-filter/Cargo.toml \
 	  --target-dir target/bench-empty-filter
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path tests/bench/hostcall-filter/Cargo.toml \
+	  --target-dir target/bench-hostcall-filter
 	$(CARGO) bench --bench rewrite --no-run
 	CARGO="$(CARGO)" $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 

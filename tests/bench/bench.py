@@ -7,13 +7,16 @@ and of the budgets in BENCHMARKS.md, each marked met or missed.
      inject-only and a rename-heavy contract (tests/bench/rewrite_throughput.py)
   3. metricpact.wasm's size; Envoy's memory and stats after 1,000,000 requests over 100,000
      distinct paths (tests/bench/memory.py)
+  4. the cost of each hostcall metricpact makes per request, from a probe filter making N of them
+     per request against the empty filter (tests/bench/hostcall_cost.py)
 
-Needs target/wasm32-wasip1/release/metricpact.wasm, target/release/metricpact and the empty
-filter (target/bench-empty-filter/...; the Makefile's bench target builds all three); runs the
+Needs target/wasm32-wasip1/release/metricpact.wasm, target/release/metricpact, the empty filter
+(target/bench-empty-filter/...) and the hostcall probe (target/bench-hostcall-filter/...; the
+Makefile's bench target builds all four); runs the
 native rewrite bench with $CARGO (default `cargo`). Writes target/bench/results.md and
 results.json; --update-benchmarks also replaces the results section of BENCHMARKS.md.
 
-usage: .venv/bin/python tests/bench/bench.py [--quick] [--only cpu,rewrite,memory] [--update-benchmarks]
+usage: .venv/bin/python tests/bench/bench.py [--quick] [--only cpu,rewrite,memory,hostcalls] [--update-benchmarks]
 Every process it starts is stopped before it exits.
 """
 
@@ -30,13 +33,15 @@ from pathlib import Path
 
 import benchlib
 import cpu_per_request
+import hostcall_cost
 import memory
 import rewrite_throughput
 from benchlib import harness
 
-SECTIONS = ("cpu", "rewrite", "memory")
+SECTIONS = ("cpu", "rewrite", "memory", "hostcalls")
 QUICK = {"rounds": 2, "seconds": 2, "warmup": 1, "rewrite_rounds": 1, "rewrite_seconds": 1, "iters": 5,
-         "requests": 100_000, "paths": 10_000, "baseline_requests": 50_000}
+         "requests": 100_000, "paths": 10_000, "baseline_requests": 50_000, "hostcall_rounds": 1,
+         "hostcall_seconds": 2}
 MIB = 1 << 20
 BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
 
@@ -56,7 +61,7 @@ def log(msg: str):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short settings, to try the harness (figures not for the record)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: cpu, rewrite, memory")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: cpu, rewrite, memory, hostcalls")
     parser.add_argument("--cores", help="ENVOY,LOAD CPU numbers (default: the first two allowed)")
     parser.add_argument("--out", default=str(benchlib.ROOT / "target/bench"), help="where results.md/.json go")
     parser.add_argument("--update-benchmarks", action="store_true",
@@ -78,6 +83,10 @@ def parse_args():
     g.add_argument("--baseline-requests", type=int, default=200_000,
                    help="requests through the no-filter Envoy of the memory run")
     g.add_argument("--no-baseline", action="store_true", help="skip the no-filter Envoy of the memory run")
+    g = parser.add_argument_group("4. hostcalls")
+    g.add_argument("--hostcall-rounds", type=int, default=3)
+    g.add_argument("--hostcall-seconds", type=int, default=3)
+    g.add_argument("--hostcall-calls", type=int, default=50, help="hostcalls per request of the probe")
     args = parser.parse_args()
     if args.quick:
         for k, v in QUICK.items():
@@ -213,6 +222,23 @@ def report(results: dict, args, elapsed: float) -> str:
             ("VM linear memory after the 1M-request run", "≤ 4 MiB", mib(vm), None if vm is None else vm <= LINEAR_MEMORY_MAX),
             ("metricpact series per metric", f"≤ max_series + 1 = {budget_series:,}", f"{worst:,}", worst <= budget_series),
         ]
+    hc = results.get("hostcalls")
+    if hc:
+        out += [
+            f"**4. What each hostcall costs** (the hostcall probe making {hc['calls']} calls per request vs. the empty "
+            f"filter, same setup as section 1; per call = median over {hc['rounds']} rounds × {hc['seconds']} s of "
+            f"the CPU difference / {hc['calls']}; the empty filter: {hc['empty_cpu_us']:.1f} µs/request. Differences "
+            "below ~0.2 µs are within this machine's noise)",
+            "",
+            "| hostcall | µs per call | per metricpact request (default contract) |",
+            "|---|---:|---:|",
+        ]
+        for op, o in hc["operations"].items():
+            out.append(f"| {hostcall_cost.DESCRIPTION[op]} | {o['per_call_us']:.2f} | ×{o['per_request']} |")
+        out += ["", f"metricpact's hostcalls per request with the default contract: "
+                    f"{hc['metricpact_per_request_us']:.1f} µs"
+                + (f" of the {cpu['variants']['metricpact']['cpu_added_us']:.1f} µs it adds (section 1)." if cpu else "."),
+                ""]
     if budgets:
         out += ["**Budgets**", "", "| budget | target | measured | status |", "|---|---|---|---|"]
         out += [f"| {name} | {target} | {measured} | {status(ok)} |" for name, target, measured, ok in budgets]
@@ -235,7 +261,7 @@ def main():
     args = parse_args()
     cores = benchlib.Cores.choose(args.cores)
     for path, what in ((harness.WASM, "metricpact.wasm"), (harness.CLI, "the metricpact CLI"),
-                       (benchlib.EMPTY_WASM, "the empty filter")):
+                       (benchlib.EMPTY_WASM, "the empty filter"), (benchlib.HOSTCALL_WASM, "the hostcall probe")):
         if not path.exists():
             raise SystemExit(f"{what} is missing ({path}): run `make bench`, which builds it")
     started = time.monotonic()
@@ -250,18 +276,23 @@ def main():
     }
     log(f"metricpact bench: {', '.join(args.only)}; {results['cores']}")
     if "cpu" in args.only:
-        log("1/3 Envoy CPU per proxied request")
+        log("1/4 Envoy CPU per proxied request")
         results["cpu"] = cpu_per_request.run(section_args(args, rounds="rounds", seconds="seconds", warmup="warmup",
                                                           connections="connections"), cores, log)
     if "rewrite" in args.only:
-        log("2/3 exposition rewrite throughput")
+        log("2/4 exposition rewrite throughput")
         results["rewrite"] = rewrite_throughput.run(section_args(args, rounds="rewrite_rounds", seconds="rewrite_seconds",
                                                                  iters="iters", warmup_iters="warmup_iters"), cores, log)
     if "memory" in args.only:
-        log("3/3 size and memory")
+        log("3/4 size and memory")
         results["memory"] = memory.run(section_args(args, requests="requests", paths="paths", connections="connections",
                                                     max_seconds="max_seconds", no_baseline="no_baseline",
                                                     baseline_requests="baseline_requests"), cores, log)
+    if "hostcalls" in args.only:
+        log("4/4 what each hostcall costs")
+        results["hostcalls"] = hostcall_cost.run(section_args(args, rounds="hostcall_rounds", seconds="hostcall_seconds",
+                                                              warmup="warmup", calls="hostcall_calls",
+                                                              connections="connections"), cores, log)
     elapsed = time.monotonic() - started
     results["seconds"] = elapsed
     text = report(results, args, elapsed)

@@ -26,6 +26,9 @@ LUA = BENCH / "lua"
 EMPTY_WASM = Path(os.environ.get(
     "METRICPACT_EMPTY_WASM",
     ROOT / "target/bench-empty-filter/wasm32-wasip1/release/metricpact_bench_empty_filter.wasm"))
+HOSTCALL_WASM = Path(os.environ.get(
+    "METRICPACT_HOSTCALL_WASM",
+    ROOT / "target/bench-hostcall-filter/wasm32-wasip1/release/metricpact_bench_hostcall_filter.wasm"))
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

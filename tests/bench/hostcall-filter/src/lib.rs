@@ -1,0 +1,151 @@
+//! A proxy-wasm HTTP filter that makes one kind of hostcall N times in each request's
+//! `on_http_request_headers`, configured as `OPERATION:N` (e.g. `property:50`). Measured against
+//! the empty filter, (its CPU - the empty filter's) / N is what one such hostcall costs in Envoy.
+//! The operations are the hostcalls metricpact makes per request, made the way it makes them:
+//!   clock      proxy_get_current_time_nanoseconds
+//!   headers    proxy_get_header_map_pairs (request headers, serialized map, no parsing)
+//!   header     proxy_get_header_map_value (`:path`)
+//!   property   proxy_get_property (`request.protocol`)
+//!   counter    proxy_increment_metric on a counter
+//!   gauge      proxy_increment_metric on a gauge (+1, then -1 in the next call)
+//!   histogram  proxy_record_metric on a histogram
+//! Results returned by the host are freed at once. A configuration it cannot read makes
+//! on_configure fail (the bench checks the probe's counter moved).
+
+use std::cell::Cell;
+use std::ptr::null_mut;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+extern "C" {
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(map_type: u32, key_data: *const u8, key_size: usize, return_value_data: *mut *mut u8, return_value_size: *mut usize) -> u32;
+    fn proxy_get_property(path_data: *const u8, path_size: usize, return_value_data: *mut *mut u8, return_value_size: *mut usize) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+const REQUEST_HEADERS: u32 = 0;
+
+#[derive(Clone, Copy)]
+enum Operation {
+    Clock,
+    Headers,
+    Header,
+    Property,
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Clone, Copy)]
+struct Probe {
+    operation: Operation,
+    count: u32,
+    /// The metric the operation updates; `calls` counts the probe's requests, to show it ran.
+    metric: u32,
+    calls: u32,
+}
+
+thread_local! {
+    static PROBE: Cell<Option<Probe>> = const { Cell::new(None) };
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+}}
+
+struct Root;
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let config = self.get_plugin_configuration().and_then(|c| String::from_utf8(c).ok()).unwrap_or_default();
+        let Some((name, count)) = config.split_once(':') else { return false };
+        let Ok(count) = count.parse() else { return false };
+        let (operation, kind) = match name {
+            "clock" => (Operation::Clock, MetricType::Counter),
+            "headers" => (Operation::Headers, MetricType::Counter),
+            "header" => (Operation::Header, MetricType::Counter),
+            "property" => (Operation::Property, MetricType::Counter),
+            "counter" => (Operation::Counter, MetricType::Counter),
+            "gauge" => (Operation::Gauge, MetricType::Gauge),
+            "histogram" => (Operation::Histogram, MetricType::Histogram),
+            _ => return false,
+        };
+        let (Ok(metric), Ok(calls)) = (
+            hostcalls::define_metric(kind, "probe.metric"),
+            hostcalls::define_metric(MetricType::Counter, "probe.requests"),
+        ) else {
+            return false;
+        };
+        PROBE.with(|p| p.set(Some(Probe { operation, count, metric, calls })));
+        true
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream;
+
+impl Context for Stream {}
+
+/// Frees what the host allocated in this VM for a hostcall's result.
+fn free(data: *mut u8, size: usize) {
+    if !data.is_null() {
+        drop(unsafe { Vec::from_raw_parts(data, size, size) });
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(probe) = PROBE.with(|p| p.get()) else { return Action::Continue };
+        let (mut data, mut size) = (null_mut(), 0);
+        for i in 0..probe.count {
+            unsafe {
+                match probe.operation {
+                    Operation::Clock => {
+                        let mut now = 0;
+                        proxy_get_current_time_nanoseconds(&mut now);
+                    }
+                    Operation::Headers => {
+                        proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size);
+                        free(data, size);
+                    }
+                    Operation::Header => {
+                        proxy_get_header_map_value(REQUEST_HEADERS, b":path".as_ptr(), 5, &mut data, &mut size);
+                        free(data, size);
+                    }
+                    Operation::Property => {
+                        let path = b"request\0protocol";
+                        proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size);
+                        free(data, size);
+                    }
+                    Operation::Counter => {
+                        proxy_increment_metric(probe.metric, 1);
+                    }
+                    Operation::Gauge => {
+                        proxy_increment_metric(probe.metric, if i % 2 == 0 { 1 } else { -1 });
+                    }
+                    Operation::Histogram => {
+                        proxy_record_metric(probe.metric, 42);
+                    }
+                }
+            }
+            data = null_mut();
+        }
+        unsafe { proxy_increment_metric(probe.calls, 1) };
+        Action::Continue
+    }
+}
