@@ -411,3 +411,22 @@ fn diff_accepts_renames_declared_as_migrations() {
     let stats = stdout(&metricpact_on("2026-11-23", &["envoy-stats", new.to_str().unwrap()]));
     assert!(stats.contains("\"tag_name\": \"url_scheme\""), "{stats}");
 }
+
+#[test]
+fn regex_renames_must_make_valid_metric_names() {
+    // Found by the `contract` fuzz target: check accepted `to: no t`, which the filter refuses.
+    let text = "format: metricpact/v1\nname: renames\nversion: 1.0.0\nexposition:\n  rename_metrics:\n    - {regex: '(.+)_ms', to: '${1}_milliseconds'}\n    - {regex: '(.+)_a', to: 'no t'}\n    - {regex: '(.+)_b', to: '9$1'}\n    - {regex: '(.+)_c', to: '${1}-c'}\n    - {regex: '(.+)_d', to: '$$1'}\n";
+    let file = temp_contract("bad-renames.yaml", text);
+    let path = file.to_str().unwrap();
+    let out = metricpact(&["check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{path}:7:29: error: `no t` is not a valid Prometheus metric name\n\
+             {path}:8:29: error: `9$1` cannot make a valid Prometheus metric name: it starts with a digit\n\
+             {path}:9:29: error: `${{1}}-c` cannot make a valid Prometheus metric name: `-` outside the captures\n\
+             {path}:10:29: error: `$$1` cannot make a valid Prometheus metric name: `$` outside the captures\n"
+        )
+    );
+}

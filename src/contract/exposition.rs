@@ -16,6 +16,24 @@ const MAX_BODY_LIMIT: u32 = 64 << 20;
 /// Labels with a meaning to Prometheus that a rewrite must not touch.
 const RESERVED: &[&str] = &["le", "quantile"];
 
+/// Why a regex rename's template cannot make a valid metric name, if it cannot: its text outside
+/// the captures may only hold name characters and must not start with a digit, and without
+/// captures it must be a valid name itself. (The captures come from a metric name.)
+fn rename_template_problem(template: &str) -> Option<String> {
+    let captures = regex::Regex::new(r"\$\{[^}]*\}|\$[A-Za-z0-9_]+").ok()?;
+    let literal = captures.replace_all(template, "");
+    if literal.len() == template.len() {
+        return (!names::is_valid_metric_name(template)).then(|| format!("`{template}` is not a valid Prometheus metric name"));
+    }
+    if let Some(bad) = literal.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+        return Some(format!("`{template}` cannot make a valid Prometheus metric name: `{bad}` outside the captures"));
+    }
+    if template.starts_with(|c: char| c.is_ascii_digit()) {
+        return Some(format!("`{template}` cannot make a valid Prometheus metric name: it starts with a digit"));
+    }
+    None
+}
+
 fn regex_ok(report: &mut dyn Report, pattern: &Spanned<String>) -> bool {
     match regex::Regex::new(&pattern.value) {
         Ok(_) => true,
@@ -97,8 +115,13 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report, warn: &mut d
             (None, Some(regex)) => {
                 if regex_ok(report, regex) {
                     if let Ok(re) = regex::Regex::new(&format!("^(?:{})$", regex.value)) {
-                        if let Err(m) = crate::routes::check_template(&to.value, Some(&re)) {
-                            report.error(&to.referenced, m);
+                        match crate::routes::check_template(&to.value, Some(&re)) {
+                            Err(m) => report.error(&to.referenced, m),
+                            Ok(_) => {
+                                if let Some(m) = rename_template_problem(&to.value) {
+                                    report.error(&to.referenced, m);
+                                }
+                            }
                         }
                     }
                 }

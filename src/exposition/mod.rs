@@ -386,7 +386,8 @@ impl Rewriter {
             if let Some(caps) = rename.regex.captures(key) {
                 let mut out = String::new();
                 caps.expand(&rename.value, &mut out);
-                return Some(out);
+                // A capture can still make a bad name (`$1` of `x_(\d+)`): the family keeps its own.
+                return crate::names::is_valid_metric_name(&out).then_some(out);
             }
         }
         None

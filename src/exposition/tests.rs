@@ -447,3 +447,11 @@ fn a_text_body_whose_last_line_ends_in_eof_is_text() {
     assert_eq!(Format::detect(None, input.as_bytes()), Format::Text);
     assert_eq!(rewrite(&spec(), input), input);
 }
+
+#[test]
+fn a_regex_rename_that_makes_a_bad_name_leaves_the_family_alone() {
+    let mut s = spec();
+    s.rename_metrics.push(MetricRename { matcher: NameMatch::Regex("x_(.*)".into()), to: "$1".into() });
+    let body = "# TYPE x_9 gauge\nx_9 1\n# TYPE x_ok gauge\nx_ok 2\n";
+    assert_eq!(rewrite(&s, body), "# TYPE x_9 gauge\nx_9 1\n# TYPE ok gauge\nok 2\n");
+}
