@@ -430,3 +430,14 @@ fn regex_renames_must_make_valid_metric_names() {
         )
     );
 }
+
+#[test]
+fn a_structural_error_without_a_position_says_so() {
+    // Found by the `contract` fuzz target: serde reports a duplicate field that the YAML parser
+    // (keys spelled differently behind a tag) did not, and gives no position.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/contract/regression-duplicate-field-without-position.yaml");
+    let path = file.to_str().unwrap();
+    let out = metricpact(&["check", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), format!("{path}:1:1: error: duplicate field `name` (the YAML parser gave no position)\n"));
+}

@@ -64,14 +64,13 @@ impl Source {
     /// Parses the YAML; a structural problem (syntax, unknown field, wrong type) is one diagnostic.
     pub fn parse(&self) -> Result<Contract, Diagnostic> {
         serde_saphyr::from_str::<Contract>(&self.text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
-            Diagnostic {
-                file: self.path.clone(),
-                line,
-                column,
-                severity: Severity::Error,
-                message: plain_message(&e),
-            }
+            let (line, column, message) = match e.location() {
+                Some(l) => (l.line() as u32, l.column() as u32, plain_message(&e)),
+                // Rare (serde itself reports a field twice that YAML keys spelled differently, e.g.
+                // behind a tag): say so rather than point at a made-up place.
+                None => (1, 1, format!("{} (the YAML parser gave no position)", plain_message(&e))),
+            };
+            Diagnostic { file: self.path.clone(), line, column, severity: Severity::Error, message }
         })
     }
 
