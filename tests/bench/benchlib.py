@@ -219,6 +219,15 @@ def _parse_wrk(out: str, argv: list, allow_non2xx: bool) -> WrkResult:
     return WrkResult(requests, elapsed, mean, p50, p99, non2xx, out)
 
 
+def cpu_per_request(envoy, *, seconds: float, connections: int, core: int | None, script: Path) -> tuple:
+    """One wrk run against `envoy`'s listener: (Envoy's CPU µs per completed request, the WrkResult).
+    CPU is the process's user+system time (all threads) over the run."""
+    before = cpu_seconds(envoy.proc.pid)
+    res = wrk(f"http://127.0.0.1:{envoy.port}/", seconds=seconds, connections=connections, core=core, script=script,
+              allow_non2xx=True)
+    return (cpu_seconds(envoy.proc.pid) - before) / res.requests * 1e6, res
+
+
 def admin_counter(envoy, name: str) -> int:
     """One counter from Envoy's admin /stats (0 when it does not exist yet)."""
     status, body = harness.http_get(envoy.admin_port, f"/stats?filter=^{re.escape(name)}$", timeout=10)

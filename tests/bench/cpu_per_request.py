@@ -61,12 +61,8 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
                   for v in VARIANTS}
 
         def drive(variant, seconds):
-            envoy = envoys[variant]
-            before = benchlib.cpu_seconds(envoy.proc.pid)
-            res = benchlib.wrk(f"http://127.0.0.1:{envoy.port}/", seconds=seconds, connections=args.connections,
-                               core=cores.load, script=script, allow_non2xx=True)
-            used = benchlib.cpu_seconds(envoy.proc.pid) - before
-            return used / res.requests * 1e6, res
+            return benchlib.cpu_per_request(envoys[variant], seconds=seconds, connections=args.connections,
+                                            core=cores.load, script=script)
 
         for v in VARIANTS:                      # warm up: VMs, connections, every series defined
             drive(v, args.warmup)

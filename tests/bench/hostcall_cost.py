@@ -54,11 +54,9 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
                   for v in variants}
 
         def drive(variant, seconds):
-            envoy = envoys[variant]
-            before = benchlib.cpu_seconds(envoy.proc.pid)
-            res = benchlib.wrk(f"http://127.0.0.1:{envoy.port}/", seconds=seconds, connections=args.connections,
-                               core=cores.load, script=benchlib.LUA / "traffic.lua", allow_non2xx=True)
-            return (benchlib.cpu_seconds(envoy.proc.pid) - before) / res.requests * 1e6, res.requests
+            us, res = benchlib.cpu_per_request(envoys[variant], seconds=seconds, connections=args.connections,
+                                               core=cores.load, script=benchlib.LUA / "traffic.lua")
+            return us, res.requests
 
         for v in variants:
             drive(v, args.warmup)
