@@ -384,14 +384,22 @@ impl Engine {
     /// Defines the self-metrics; call once after construction.
     pub fn define_self_metrics(&mut self, host: &mut dyn MetricHost) {
         let clean = |v: &str| sanitize(v.as_bytes(), self.max_value_length).into_owned();
-        let info = format!(
-            "{CONTRACT_INFO_METRIC}.{}",
-            encode_tags(&[
-                ("metricpact_contract_name", &clean(&self.contract.name)),
-                ("metricpact_contract_version", &clean(&self.contract.version)),
-                ("metricpact_contract_hash", &clean(&self.contract.hash)),
-            ])
-        );
+        let (name, version, hash) = (clean(&self.contract.name), clean(&self.contract.version), clean(&self.contract.hash));
+        let mut tags = vec![
+            ("metricpact_contract_name", name.as_str()),
+            ("metricpact_contract_version", version.as_str()),
+            ("metricpact_contract_hash", hash.as_str()),
+        ];
+        // The pod's identity (labels fixed per sidecar: node metadata, constants; current names,
+        // not migration aliases) goes on the info series too, so it exists from the moment the
+        // filter runs: autoscaling queries read it to tell "this workload's filter reports, without
+        // traffic" (0) from "no data" (an error).
+        for (position, label) in self.labels.iter().enumerate() {
+            let Some(id) = label.static_id else { continue };
+            let value = self.tables[position].value(id);
+            tags.push((label.name.as_str(), value));
+        }
+        let info = format!("{CONTRACT_INFO_METRIC}.{}", encode_tags(&tags));
         if let Some(id) = host.define(MetricKind::Gauge, &info) {
             host.record(id, 1);
         }

@@ -41,6 +41,7 @@ pub fn default_labels() -> Vec<(&'static str, Vec<&'static str>)> {
         ("network_protocol_version", vec!["request.protocol"]),
         ("k8s_pod_name", vec!["node.NAME"]),
         ("k8s_namespace_name", vec!["node.NAMESPACE"]),
+        ("k8s_workload_name", vec!["node.WORKLOAD_NAME"]),
         (
             "service_name",
             vec![
@@ -114,12 +115,6 @@ impl super::migrations::Findings for Checker<'_> {
     }
     fn warn(&mut self, at: &Location, message: String) {
         Checker::warn(self, at, message);
-    }
-}
-
-impl super::deploy::Report for Checker<'_> {
-    fn error(&mut self, at: &Location, message: String) {
-        Checker::error(self, at, message);
     }
 }
 

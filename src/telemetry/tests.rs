@@ -312,8 +312,22 @@ fn raw_routes_are_cut() {
 fn contract_info_is_exported() {
     let (_, host) = engine(&config());
     assert_eq!(
-        host.value("metricpact_contract_info.metricpact_contract_name=.=t;.;metricpact_contract_version=.=1;.;metricpact_contract_hash=.=h;.;"),
+        host.value("metricpact_contract_info.metricpact_contract_name=.=t;.;metricpact_contract_version=.=1;.;metricpact_contract_hash=.=h;.;k8s_pod=.=pod-a;.;"),
         1
+    );
+}
+
+#[test]
+fn contract_info_carries_the_pods_identity_labels_only() {
+    let mut cfg = config();
+    cfg.labels.push(label("env", vec![Source::Constant { value: "prod".into() }]));
+    cfg.labels.push(LabelSpec { default: "none".into(), ..label("zone", vec![Source::Node { key: "MISSING".into(), field: None }]) });
+    let (_, host) = engine(&cfg);
+    let info: Vec<_> = host.values.keys().filter(|k| k.starts_with("metricpact_contract_info.")).collect();
+    // Request and response labels vary per request: only node and constant labels are identity.
+    assert_eq!(
+        info,
+        ["metricpact_contract_info.metricpact_contract_name=.=t;.;metricpact_contract_version=.=1;.;metricpact_contract_hash=.=h;.;k8s_pod=.=pod-a;.;env=.=prod;.;zone=.=none;.;"]
     );
 }
 

@@ -237,6 +237,9 @@ def assert_no_forgery(envoy, max_series=None):
         names_seen.add(s.name)
         if s.name.startswith("envoy_"):
             assert all(k.startswith("envoy_") or k == "le" for k in s.labels), s
+        elif s.name == "metricpact_contract_info":  # the contract, and the pod's identity (node labels)
+            assert {k for k in s.labels if not k.startswith("metricpact_")} == {"k8s_pod_name"}, s
+            assert s.labels["k8s_pod_name"] == POD, s
         elif s.name.startswith("metricpact_"):   # the filter's own bookkeeping: metricpact_* labels only
             assert all(k.startswith("metricpact_") for k in s.labels), s
         else:

@@ -15,7 +15,8 @@ REQUESTS = "http_server_requests_total"
 DURATION = "http_server_request_duration_milliseconds"
 ACTIVE = "http_server_active_requests"
 
-POD = {"k8s_pod_name": "cart-7d9f8b6c5-x2x8k", "k8s_namespace_name": "shop", "service_name": "cart"}
+POD = {"k8s_pod_name": "cart-7d9f8b6c5-x2x8k", "k8s_namespace_name": "shop", "k8s_workload_name": "cart",
+       "service_name": "cart"}
 PLAIN = {"url_scheme": "http", "network_protocol_version": "1.1", **POD}
 
 USERS_CONTRACT = """
@@ -236,9 +237,10 @@ def test_contract_info_names_the_running_contract(workdir, upstream):
     assert len(expected_hash) == 12
     with sidecar(workdir, DEFAULT_CONTRACT, upstream.port) as envoy:
         expo = envoy.scrape()
+    # The contract, and the pod's identity (every label fixed per sidecar), from the filter's start.
     expect_series(expo, "metricpact_contract_info", {"metricpact_contract_name": "http-server",
                                                      "metricpact_contract_version": "1.0.0",
-                                                     "metricpact_contract_hash": expected_hash}, 1)
+                                                     "metricpact_contract_hash": expected_hash, **POD}, 1)
 
 
 @pytest.mark.parametrize("configuration, reason", [

@@ -51,4 +51,4 @@ def test_the_same_exposition_against_another_contract_names_each_violation(workd
     assert ('violation[method-unknown] http_server_request_duration_milliseconds: '
             '`http_request_method="POST"` is not a known method (it should be `_OTHER`)') in lines
     # error_type only appears on failures, and this scrape saw none.
-    assert lines[-1] == "coverage: 2/3 contract metrics present, 8/9 contract labels seen"
+    assert lines[-1] == "coverage: 2/3 contract metrics present, 9/10 contract labels seen"
