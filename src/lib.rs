@@ -16,6 +16,8 @@ pub mod validate;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod contract;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod oci;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod render;
 
 #[cfg(target_os = "wasi")]
