@@ -64,6 +64,7 @@ fn default_contract_compiles_to_the_otel_label_set() {
             "network_protocol_version",
             "k8s_pod_name",
             "k8s_namespace_name",
+            "k8s_workload_name",
             "service_name"
         ]
     );
@@ -78,7 +79,7 @@ fn default_contract_compiles_to_the_otel_label_set() {
 fn minimal_contract_gets_otel_defaults() {
     let file = temp_contract("minimal.yaml", "format: metricpact/v1\nname: minimal\nversion: '1'\n");
     let config = PluginConfig::from_json(&metricpact(&["compile", file.to_str().unwrap()]).stdout).unwrap();
-    assert_eq!(config.labels.len(), 9);
+    assert_eq!(config.labels.len(), 10);
     assert_eq!(config.methods, ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"]);
     // Microsecond unit scales the OTel default buckets.
     let file = temp_contract(
@@ -224,7 +225,7 @@ fn envoy_stats_lists_a_tag_per_label_and_the_buckets() {
     let out = metricpact(&["envoy-stats", file.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tags = v["stats_tags"].as_array().unwrap();
-    assert_eq!(tags.len(), 9 + metricpact::names::SELF_LABEL_NAMES.len());
+    assert_eq!(tags.len(), 10 + metricpact::names::SELF_LABEL_NAMES.len());
     assert_eq!(tags[1]["tag_name"], "http_route");
     assert_eq!(tags[1]["regex"], "(http_route=\\.=(.*?);\\.;)");
     assert_eq!(v["histogram_bucket_settings"][0]["match"]["prefix"], "wasmcustom.http_server_request_duration_milliseconds.");
@@ -313,6 +314,24 @@ fn diff_classifies_changes_and_names_what_they_break() {
     // Identical contracts.
     let out = metricpact(&["diff", old.to_str().unwrap(), old.to_str().unwrap()]);
     assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "no changes to the metrics contract\n"));
+}
+
+#[test]
+fn diff_names_the_autoscalers_that_select_by_the_workload_label() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml")).unwrap();
+    let old = temp_contract("diff-workload-old.yaml", &base);
+    let start = base.find("  - name: k8s_workload_name\n").unwrap();
+    let end = start + base[start..].find("    from: node.WORKLOAD_NAME\n").unwrap() + "    from: node.WORKLOAD_NAME\n".len();
+    let new = temp_contract("diff-workload-new.yaml", &format!("{}{}", &base[..start], &base[end..]));
+    let out = metricpact(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "breaking: [label-removed] label `k8s_workload_name` is gone: queries, dashboards and alerts selecting or grouping by it break\n\
+         \x20   breaks: KEDA triggers qps-per-pod and p95-latency (select k8s_workload_name=WORKLOAD)\n\
+         \x20   breaks: prometheus-adapter external rule (seriesQuery k8s_workload_name!=\"\")\n\
+         \x20   breaks: HPA External metric selector (k8s_workload_name)\n"
+    );
 }
 
 /// The shipped default contract with its request counter and `url_scheme` label renamed, the

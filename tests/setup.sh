@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything metricpact's build, tests and demo need, idempotently:
 # Rust Wasm targets, a project-local Python venv with Envoy, pytest and the test apps' client
-# libraries, the Node test app's npm packages, Prometheus/promtool and wrk from Debian, and
-# wasm-bindgen's test runner.
+# libraries, the Node test app's npm packages, Prometheus/promtool, wrk, skopeo and docker-registry
+# from Debian, and wasm-bindgen's test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,6 +60,9 @@ need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v wrk >/dev/null || need_apt+=(wrk)
+# `metricpact package` is tested by pushing its OCI layout to a real registry with a real client.
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive

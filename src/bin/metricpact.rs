@@ -47,6 +47,20 @@ enum Command {
     /// Render Istio (EnvoyFilter, WasmPlugin, TrafficExtension, proxy config) and autoscaling
     /// (KEDA, prometheus-adapter, HPA, recording rules) manifests for a contract.
     Render(RenderArgs),
+    /// Write metricpact.wasm as an OCI image layout istio-agent can pull (push it with
+    /// `skopeo copy`, `oras cp --from-oci-layout` or `crane push`), and print the image manifest
+    /// digest: the `--wasm-sha256` of `render --wasm-url oci://…`.
+    Package {
+        /// Directory of the OCI image layout (created if missing; an earlier layout is replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// The module to package.
+        #[arg(long, default_value = "target/wasm32-wasip1/release/metricpact.wasm")]
+        wasm: PathBuf,
+        /// Tag of the image in the layout.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
     /// Print the JSON Schema of the contract format (for editors: yaml-language-server).
     Schema,
     /// Check an exposition (a sidecar's /stats/prometheus, or an app's /metrics) against a
@@ -114,21 +128,37 @@ struct RenderArgs {
     /// Pod label selecting the workload's sidecars, KEY=VALUE; repeatable (default: the contract's).
     #[arg(long = "selector", value_name = "KEY=VALUE")]
     selector: Vec<String>,
-    /// Deployment to autoscale (default: the contract's workload.target).
+    /// Workload to autoscale (default: the contract's workload.target).
     #[arg(long)]
     workload: Option<String>,
+    /// Kind of --workload: Deployment, StatefulSet or Rollout (Argo Rollouts).
+    #[arg(long, default_value = "Deployment", requires = "workload")]
+    workload_kind: String,
     /// Path of metricpact.wasm inside the sidecar (local-file mode, the default).
     #[arg(long, default_value = metricpact::render::DEFAULT_WASM_FILE, conflicts_with = "wasm_url")]
     wasm_file: String,
-    /// Download the module from this https:// or oci:// URL instead (needs --wasm-sha256).
-    #[arg(long, requires = "wasm_sha256")]
-    wasm_url: Option<String>,
-    /// sha256 of the module at --wasm-url (64 hex digits).
+    /// Download the module from this https:// or oci:// URL instead. An oci:// URL may pin the
+    /// image by digest (oci://REGISTRY/REPO@sha256:HEX); otherwise give --wasm-sha256.
     #[arg(long)]
+    wasm_url: Option<String>,
+    /// What istio-agent verifies the module against (64 hex digits): for https:// the file's
+    /// sha256 (sha256sum metricpact.wasm); for oci:// the image MANIFEST digest, which
+    /// `metricpact package` prints (not the .wasm file's sha256: that one never matches).
+    #[arg(long, requires = "wasm_url")]
     wasm_sha256: Option<String>,
     /// Prometheus URL for KEDA (default: the contract's autoscaling.prometheus_url).
     #[arg(long)]
     prometheus_url: Option<String>,
+    /// A file with the pod's current `proxy.istio.io/config` value (ProxyConfig YAML; `-` for
+    /// stdin): the rendered patch keeps it and adds metricpact's extraStatTags, instead of
+    /// replacing it.
+    #[arg(long, value_name = "FILE")]
+    proxy_config: Option<PathBuf>,
+    /// Label of the rendered PodMonitor and PrometheusRule, KEY=VALUE, repeatable: what your
+    /// Prometheus Operator's podMonitorSelector/ruleSelector match (default:
+    /// release=kube-prometheus-stack, kube-prometheus-stack's default for that release name).
+    #[arg(long = "monitor-label", value_name = "KEY=VALUE")]
+    monitor_labels: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -229,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(args) => render(args, &mut out),
         Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
         Command::Verify { contract, file, url, target, format } => verify(&contract, file, url, target, format, &mut out),
+        Command::Package { out: dir, wasm, tag } => package(&dir, &wasm, &tag, &mut out),
         Command::Schema => {
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::contract::model::json_schema())?)?;
             Ok(ExitCode::SUCCESS)
@@ -257,18 +288,28 @@ fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let compiled = compile_file(&args.contract);
     let deployment = compiled.deployment.clone();
     let Some(config) = compiled_or_report(compiled) else { return Ok(ExitCode::from(1)) };
-    let wasm = match (args.wasm_url, args.wasm_sha256) {
-        (Some(url), Some(sha256)) => {
-            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                anyhow::bail!("--wasm-sha256 must be 64 lowercase hex digits (sha256sum metricpact.wasm)");
-            }
-            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("oci://")) {
-                anyhow::bail!("--wasm-url must be an https://, http:// or oci:// URL");
-            }
-            WasmSource::Remote { url, sha256 }
-        }
-        _ => WasmSource::File(args.wasm_file),
+    let wasm = match args.wasm_url {
+        Some(url) => WasmSource::Remote { sha256: module_checksum(&url, args.wasm_sha256.as_deref())?, url },
+        None => WasmSource::File(args.wasm_file),
     };
+    let existing_proxy_config = match &args.proxy_config {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            Some(text)
+        }
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+    };
+    let mut monitor_labels = std::collections::BTreeMap::new();
+    for pair in &args.monitor_labels {
+        let Some((k, v)) = pair.split_once('=') else { anyhow::bail!("--monitor-label takes KEY=VALUE, got `{pair}`") };
+        monitor_labels.insert(k.to_string(), v.to_string());
+    }
+    if args.monitor_labels.is_empty() {
+        let (k, v) = metricpact::render::DEFAULT_MONITOR_LABEL;
+        monitor_labels.insert(k.to_string(), v.to_string());
+    }
     let mut selector = deployment.workload.selector.clone();
     if !args.selector.is_empty() {
         selector.clear();
@@ -278,7 +319,14 @@ fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         }
     }
     let target = match args.workload {
-        Some(name) => Some(Target { kind: "Deployment".into(), name }),
+        Some(name) => {
+            let kinds = metricpact::contract::deploy::TARGET_KINDS;
+            if !kinds.iter().any(|(k, _)| *k == args.workload_kind) {
+                let known: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
+                anyhow::bail!("--workload-kind must be one of {}, got `{}`", known.join(", "), args.workload_kind);
+            }
+            Some(Target { kind: args.workload_kind, name })
+        }
         None => deployment.workload.target.clone(),
     };
     let inputs = Inputs {
@@ -289,8 +337,13 @@ fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         target,
         wasm,
         prometheus_url: args.prometheus_url,
+        existing_proxy_config,
+        monitor_labels,
     };
-    let files = render(&inputs);
+    let files = render(&inputs).map_err(|e| match &args.proxy_config {
+        Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+        None => anyhow::anyhow!(e),
+    })?;
     match args.out {
         Some(dir) => {
             std::fs::create_dir_all(&dir)?;
@@ -310,6 +363,53 @@ fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn package(dir: &std::path::Path, wasm: &std::path::Path, tag: &str, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let module = std::fs::read(wasm).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let package = metricpact::oci::Package::new(&module, tag).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    package.write_layout(dir).map_err(anyhow::Error::msg)?;
+    let digest = package.manifest_digest();
+    let hex = digest.trim_start_matches("sha256:");
+    let layout = dir.display();
+    eprintln!("metricpact: wrote the OCI image layout {layout} ({tag}: {} bytes of {}, layer {})", module.len(), wasm.display(), metricpact::oci::LAYER_MEDIA_TYPE);
+    eprintln!("metricpact: push it, keeping its digest:");
+    eprintln!("  skopeo copy --preserve-digests oci:{layout}:{tag} docker://REGISTRY/metricpact:{tag}");
+    eprintln!("  oras cp --from-oci-layout {layout}:{tag} REGISTRY/metricpact:{tag}");
+    eprintln!("metricpact: then render with the manifest digest (not sha256sum of the .wasm):");
+    eprintln!("  metricpact render ... --wasm-url oci://REGISTRY/metricpact:{tag} --wasm-sha256 {hex}");
+    writeln!(out, "{digest}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What istio-agent will verify a remote module against: `--wasm-sha256`, or the digest an
+/// `oci://…@sha256:HEX` URL pins (both, if given, must agree).
+fn module_checksum(url: &str, sha256: Option<&str>) -> anyhow::Result<String> {
+    let is_hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let oci = url.strip_prefix("oci://");
+    if !(url.starts_with("https://") || url.starts_with("http://") || oci.is_some()) {
+        anyhow::bail!("--wasm-url must be an https://, http:// or oci:// URL");
+    }
+    let pinned = match oci.and_then(|rest| rest.rsplit_once("@sha256:")) {
+        Some((_, digest)) if is_hex64(digest) => Some(digest.to_string()),
+        Some((_, digest)) => anyhow::bail!("--wasm-url pins `sha256:{digest}`, which is not 64 lowercase hex digits"),
+        None => None,
+    };
+    let sha256 = sha256.map(|s| s.strip_prefix("sha256:").unwrap_or(s));
+    match (sha256, pinned) {
+        (Some(given), _) if !is_hex64(given) => {
+            anyhow::bail!("--wasm-sha256 must be 64 lowercase hex digits (for oci://: the manifest digest `metricpact package` prints, without `sha256:`)")
+        }
+        (Some(given), Some(pinned)) if given != pinned => {
+            anyhow::bail!("--wasm-sha256 {given} differs from the digest the URL pins ({pinned}); istio-agent would refuse the module")
+        }
+        (Some(given), _) => Ok(given.to_string()),
+        (None, Some(pinned)) => Ok(pinned),
+        (None, None) if oci.is_some() => anyhow::bail!(
+            "an oci:// --wasm-url needs the image manifest digest: --wasm-sha256 HEX (printed by `metricpact package`) or oci://REGISTRY/REPO@sha256:HEX"
+        ),
+        (None, None) => anyhow::bail!("an https:// --wasm-url needs --wasm-sha256 (sha256sum metricpact.wasm)"),
+    }
 }
 
 fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Option<String>, node: &[String], out: &mut impl Write) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Spanned;
 
 use super::model::{AutoscalingDef, Contract, PolicyKindDef, ScalingRulesDef, SelectPolicyDef};
 use crate::config::{DurationSpec, MetricSpec, PluginConfig};
@@ -33,9 +33,19 @@ pub struct Workload {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    /// `Deployment` or `StatefulSet`.
+    /// `Deployment`, `StatefulSet` or `Rollout` (one of [`TARGET_KINDS`]).
     pub kind: String,
     pub name: String,
+}
+
+/// The workload kinds an autoscaler can target, with their API versions (all have a `/scale`
+/// subresource; Istio names each pod's workload after them in `WORKLOAD_NAME`).
+pub const TARGET_KINDS: [(&str, &str); 3] = [("Deployment", "apps/v1"), ("StatefulSet", "apps/v1"), ("Rollout", "argoproj.io/v1alpha1")];
+
+impl Target {
+    pub fn api_version(&self) -> &'static str {
+        TARGET_KINDS.iter().find(|(kind, _)| *kind == self.kind).map_or("apps/v1", |(_, v)| v)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,10 +78,8 @@ impl ScalingRules {
     }
 }
 
-/// Reports a problem at a position.
-pub trait Report {
-    fn error(&mut self, at: &Location, message: String);
-}
+/// Where the deployment side's findings go (the checker; one trait for every lowering).
+pub use super::migrations::Findings as Report;
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -190,8 +198,8 @@ fn workload(contract: &Contract, report: &mut dyn Report) -> Workload {
     let target = def.target.as_ref().map(|t| {
         let kind = t.value.kind.as_ref().map_or("Deployment".to_string(), |k| k.value.clone());
         if let Some(k) = &t.value.kind {
-            if !["Deployment", "StatefulSet"].contains(&k.value.as_str()) {
-                report.error(&k.referenced, format!("target kind `{}` is not supported; use Deployment or StatefulSet", k.value));
+            if !TARGET_KINDS.iter().any(|(kind, _)| *kind == k.value) {
+                report.error(&k.referenced, format!("target kind `{}` is not supported; use Deployment, StatefulSet or Rollout (Argo Rollouts)", k.value));
             }
         }
         if !is_dns_label(&t.value.name.value) {
@@ -238,6 +246,17 @@ fn autoscaling(def: &Spanned<AutoscalingDef>, server: &PluginConfig, report: &mu
     }
     if let (Some(v), None) = (&def.p95_latency_ms, &server.duration) {
         report.error(&v.referenced, "p95_latency_ms needs the duration histogram, which is disabled".into());
+    }
+    if crate::render::autoscaling::workload_label(server).is_none() {
+        report.warn(
+            &at,
+            format!(
+                "no label takes its value from node.{key} alone, so the rendered autoscalers select the workload's pods \
+                 by a pod-name regex (which misses the pods of workloads named with ~47+ characters, whose generated \
+                 names Kubernetes cuts) and the HPA gets no p95 metric; add `{{name: k8s_workload_name, from: node.{key}}}` to `labels`",
+                key = crate::render::autoscaling::WORKLOAD_NAME_KEY
+            ),
+        );
     }
     let window = |w: &Option<Spanned<String>>, default: &str, report: &mut dyn Report| {
         w.as_ref().map_or(default.to_string(), |w| {

@@ -35,9 +35,18 @@ fn qps_consumers(name: &str) -> Vec<String> {
 fn latency_consumers(name: &str) -> Vec<String> {
     vec![
         format!("KEDA trigger p95-latency ({name}_bucket)"),
-        format!("prometheus-adapter rule {name}_bucket -> {}", crate::render::autoscaling::p95_metric_name(name)),
-        format!("HPA Pods metric {}", crate::render::autoscaling::p95_metric_name(name)),
+        format!("prometheus-adapter external rule {name}_bucket -> {}", crate::render::autoscaling::p95_metric_name(name)),
+        format!("HPA External metric {}", crate::render::autoscaling::p95_metric_name(name)),
         format!("recording rule namespace_pod:{name}:p95_*"),
+    ]
+}
+
+/// What selects a workload's series by its workload label (`k8s_workload_name`).
+fn workload_label_consumers(label: &str) -> Vec<String> {
+    vec![
+        format!("KEDA triggers qps-per-pod and p95-latency (select {label}=WORKLOAD)"),
+        format!("prometheus-adapter external rule (seriesQuery {label}!=\"\")"),
+        format!("HPA External metric selector ({label})"),
     ]
 }
 
@@ -115,10 +124,24 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
                 let (to, sunset) = m.map(|m| (m.new, m.sunset)).unwrap_or_default();
                 d.push(Impact::Compatible, "label-migrated", format!("label `{}` renamed to `{to}` with a migration: series carry both until {sunset}", l.name), vec![]);
             }
-            None => d.push(Impact::Breaking, "label-removed", format!("label `{}` is gone: queries, dashboards and alerts selecting or grouping by it break", l.name), vec![]),
+            None => {
+                let breaks = if crate::render::autoscaling::workload_label(old) == Some(l.name.as_str()) {
+                    workload_label_consumers(&l.name)
+                } else {
+                    vec![]
+                };
+                d.push(Impact::Breaking, "label-removed", format!("label `{}` is gone: queries, dashboards and alerts selecting or grouping by it break", l.name), breaks)
+            }
             Some(n) => {
                 if n.sources != l.sources {
-                    d.push(Impact::Breaking, "label-source-changed", format!("label `{}` takes its value from a different source: its values change", l.name), vec![]);
+                    let breaks = if crate::render::autoscaling::workload_label(old) == Some(l.name.as_str())
+                        && crate::render::autoscaling::workload_label(new) != Some(n.name.as_str())
+                    {
+                        workload_label_consumers(&l.name)
+                    } else {
+                        vec![]
+                    };
+                    d.push(Impact::Breaking, "label-source-changed", format!("label `{}` takes its value from a different source: its values change", l.name), breaks);
                 }
                 if let (Some(old_values), Some(new_values)) = (&l.allowed, &n.allowed) {
                     let removed: Vec<&String> = old_values.iter().filter(|v| !new_values.contains(v)).collect();

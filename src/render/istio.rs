@@ -10,7 +10,13 @@ use crate::envoy_stats::WASM_CUSTOM_PREFIX;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
-const ROUTER: &str = "envoy.filters.http.router";
+/// The EnvoyFilter's anchor: metricpact goes right before it, which is where WasmPlugin and
+/// TrafficExtension put a `STATS`-phase plugin (after authn/authz/RBAC, before grpc_stats, fault,
+/// CORS, istio.stats and the router: `buildHTTPConnectionManager` in Istio's
+/// pilot/pkg/networking/core/listener_builder.go appends grpc_stats unconditionally, on inbound
+/// and outbound). So all three deliveries count the same requests: fault-injected aborts and CORS
+/// preflights with every label, RBAC denials at the end of the stream (`on_log`).
+pub const ANCHOR_FILTER: &str = "envoy.filters.http.grpc_stats";
 /// Name of the ConfigMap holding the module in local-file mode.
 pub const WASM_CONFIGMAP: &str = "metricpact-wasm";
 /// Pod label that `pod-annotations.yaml` sets where it mounts the module. In local-file mode the
@@ -62,7 +68,7 @@ fn wasm_filter(name: &str, config: &PluginConfig, code: Value) -> Value {
 fn listener_match(context: &str) -> Value {
     json!({
         "context": context,
-        "listener": {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ROUTER}}}},
+        "listener": {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ANCHOR_FILTER}}}},
     })
 }
 
@@ -115,7 +121,7 @@ pub fn envoy_filter(inputs: &Inputs) -> Rendered {
     Rendered {
         file: "envoyfilter.yaml",
         comment: format!(
-            "EnvoyFilter: metricpact before the router on {} sidecar traffic.\nkubectl apply -f envoyfilter.yaml  (plus pod-annotations.yaml or mesh-config.yaml for labels and buckets)",
+            "EnvoyFilter: metricpact on {} sidecar traffic, before {ANCHOR_FILTER} (where WasmPlugin/TrafficExtension\nput a STATS-phase plugin: after RBAC, before fault, CORS and istio.stats).\nkubectl apply -f envoyfilter.yaml  (plus pod-annotations.yaml or mesh-config.yaml for labels and buckets)",
             if inputs.deployment.client.is_some() { "inbound and outbound" } else { "inbound" }
         ),
         documents: vec![json!({
@@ -232,20 +238,72 @@ fn number(value: f64) -> Value {
     }
 }
 
-/// The `proxy.istio.io/config` annotation value (a ProxyConfig YAML document).
-pub fn proxy_config_yaml(inputs: &Inputs) -> String {
-    let mut out = String::from("extraStatTags:\n");
+/// The `proxy.istio.io/config` annotation value (a ProxyConfig YAML document): the pod's existing
+/// ProxyConfig (`--proxy-config`) with metricpact's tags added to its `extraStatTags`, or just
+/// those tags. The annotation is one string, so a patch replaces whatever the pod had there; and
+/// Istio merges it over `meshConfig.defaultConfig` field by field (`MergeProxyConfig` in
+/// pkg/config/mesh/mesh.go), so its `extraStatTags` list replaces the mesh-wide one.
+pub fn proxy_config_yaml(inputs: &Inputs) -> Result<String, String> {
+    let mut config = match inputs.existing_proxy_config.as_deref().map(str::trim) {
+        None | Some("") => serde_json::Map::new(),
+        Some(text) => match serde_saphyr::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(Value::Null) => serde_json::Map::new(),
+            Ok(other) => return Err(format!("the existing ProxyConfig must be a YAML mapping, found {}", json_kind(&other))),
+            Err(e) => return Err(format!("the existing ProxyConfig is not valid YAML: {e}")),
+        },
+    };
+    let mut tags: Vec<Value> = match config.remove("extraStatTags") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tags)) => tags,
+        Some(other) => return Err(format!("the existing ProxyConfig's extraStatTags must be a list, found {}", json_kind(&other))),
+    };
     for tag in extra_stat_tags(inputs) {
-        out.push_str("- ");
-        out.push_str(&tag);
-        out.push('\n');
+        if !tags.iter().any(|t| t.as_str() == Some(&tag)) {
+            tags.push(Value::String(tag));
+        }
     }
-    out
+    config.insert("extraStatTags".into(), Value::Array(tags));
+    super::yaml_text(&Value::Object(config))
 }
 
-pub fn pod_annotations(inputs: &Inputs) -> Rendered {
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Pod label that opts a pod whose metrics merging is off into the rendered sidecar-stats scrape
+/// (`prometheus-scrape-config.yaml`, `podmonitor.yaml`): nobody else scrapes its :15090 then.
+pub const SCRAPE_SIDECAR_LABEL: (&str, &str) = ("metricpact.io/scrape-sidecar", "true");
+/// Pod label Istio's `envoy-stats-monitor` PodMonitor skips pods by
+/// (samples/addons/extras/prometheus-operator.yaml): with merging off it would fetch
+/// `APP_PORT/stats/prometheus`, which is the app's, not Envoy's.
+pub const ISTIO_MONITOR_IGNORE_LABEL: (&str, &str) = ("istio-prometheus-ignore", "true");
+
+/// The labels the pod-template patch adds: the mount marker (local-file mode) and, when metrics
+/// merging is off for the exposition rewrite, the scrape markers.
+pub fn pod_template_labels(inputs: &Inputs) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    if let WasmSource::File(_) = inputs.wasm {
+        labels.insert(MOUNTED_LABEL.0.to_string(), MOUNTED_LABEL.1.to_string());
+    }
+    if inputs.server.exposition.is_some() {
+        for (k, v) in [SCRAPE_SIDECAR_LABEL, ISTIO_MONITOR_IGNORE_LABEL] {
+            labels.insert(k.to_string(), v.to_string());
+        }
+    }
+    labels
+}
+
+pub fn pod_annotations(inputs: &Inputs) -> Result<Rendered, String> {
     let mut annotations = serde_json::Map::new();
-    annotations.insert("proxy.istio.io/config".into(), json!(proxy_config_yaml(inputs)));
+    annotations.insert("proxy.istio.io/config".into(), json!(proxy_config_yaml(inputs)?));
     annotations.insert("sidecar.istio.io/statsHistogramBuckets".into(), json!(histogram_buckets_annotation(inputs)));
     if let WasmSource::File(_) = &inputs.wasm {
         annotations.insert(
@@ -259,7 +317,11 @@ pub fn pod_annotations(inputs: &Inputs) -> Rendered {
     }
     if let Some(exposition) = &inputs.server.exposition {
         // The app's own /metrics must reach the sidecar: with merging on, istio-agent scrapes the
-        // app over localhost and bypasses Envoy.
+        // app over localhost and bypasses Envoy. Per pod, never mesh-wide: merging off removes
+        // the istio_* metrics of every workload it applies to. The prometheus.io annotations then
+        // point Prometheus at the app's port (through the sidecar, which rewrites the body); the
+        // sidecar's own stats are scraped on :15090 by the rendered scrape job / PodMonitor,
+        // which select the scrape-sidecar label.
         annotations.insert("prometheus.istio.io/merge-metrics".into(), json!("false"));
         if let Some(port) = inputs.deployment.metrics_port {
             annotations.insert("prometheus.io/scrape".into(), json!("true"));
@@ -267,24 +329,36 @@ pub fn pod_annotations(inputs: &Inputs) -> Rendered {
             annotations.insert("prometheus.io/path".into(), json!(exposition.paths.first().cloned().unwrap_or_default()));
         }
     }
-    let target = inputs.target.as_ref().map_or("<deployment>".to_string(), |t| t.name.clone());
+    let (kind, target) = match &inputs.target {
+        Some(t) => (t.kind.to_ascii_lowercase(), t.name.clone()),
+        None => ("deployment".to_string(), "<workload>".to_string()),
+    };
     let namespace = inputs.namespace.clone().unwrap_or_else(|| "<namespace>".into());
     let mut template = json!({"metadata": {"annotations": annotations}});
-    if let WasmSource::File(_) = &inputs.wasm {
-        template["metadata"]["labels"] = json!({MOUNTED_LABEL.0: MOUNTED_LABEL.1});
+    let labels = pod_template_labels(inputs);
+    if !labels.is_empty() {
+        template["metadata"]["labels"] = json!(labels);
     }
-    Rendered {
+    let mut adds = Vec::new();
+    if matches!(inputs.wasm, WasmSource::File(_)) {
+        adds.push("the metricpact.wasm volume and the label that opts the pod into the filter");
+    }
+    if inputs.server.exposition.is_some() {
+        adds.push("metrics merging off with the app's metrics port to scrape (the exposition rewrite) and the\nlabels that route the sidecar's own stats to the rendered scrape job / PodMonitor");
+    }
+    let adds = if adds.is_empty() { String::new() } else { format!(", plus {}", adds.join(", ")) };
+    let existing = if inputs.existing_proxy_config.is_some() {
+        "proxy.istio.io/config holds the pod's existing ProxyConfig (--proxy-config) with the tags added."
+    } else {
+        "proxy.istio.io/config replaces the pod's existing value: if the pod template already has one (e.g.\nholdApplicationUntilProxyStarts), render again with it merged in:\n  kubectl -n NS get KIND NAME -o jsonpath='{.spec.template.metadata.annotations.proxy\\.istio\\.io/config}' > proxy-config.yaml\n  metricpact render ... --proxy-config proxy-config.yaml"
+    };
+    Ok(Rendered {
         file: "pod-annotations.yaml",
         comment: format!(
-            "Pod-template patch: annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram{}. Read at sidecar start: apply, then let the pods restart.\nkubectl -n {namespace} patch deployment {target} --patch-file pod-annotations.yaml",
-            if matches!(inputs.wasm, WasmSource::File(_)) {
-                ", plus the metricpact.wasm volume and the label that opts the pod into the filter"
-            } else {
-                ""
-            }
+            "Pod-template patch: annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram{adds}.\n{existing}\nRead at sidecar start: apply, then let the pods restart.\nkubectl -n {namespace} patch {kind} {target} --patch-file pod-annotations.yaml"
         ),
         documents: vec![json!({"spec": {"template": template}})],
-    }
+    })
 }
 
 /// PeerAuthentication letting Prometheus' plaintext scrape reach the app's metrics port through
@@ -312,14 +386,32 @@ pub fn peer_authentication(inputs: &Inputs) -> Option<Rendered> {
     })
 }
 
+/// The mesh-wide `meshConfig` part: `defaultConfig.extraStatTags` only. Metrics merging stays on
+/// mesh-wide (`enablePrometheusMerge: false` would remove the istio_* metrics of every other
+/// workload); the pod patch turns it off for the pods whose exposition is rewritten.
+fn mesh_config_value(inputs: &Inputs) -> Value {
+    json!({"defaultConfig": {"extraStatTags": extra_stat_tags(inputs)}})
+}
+
+const MESH_WIDE_CAVEATS: &str = "Histogram buckets have no mesh-wide ProxyConfig field: keep the sidecar.istio.io/statsHistogramBuckets\nannotation from pod-annotations.yaml. A pod's own proxy.istio.io/config extraStatTags replace this list.";
+
 pub fn mesh_config(inputs: &Inputs) -> Rendered {
-    let mut mesh = json!({"defaultConfig": {"extraStatTags": extra_stat_tags(inputs)}});
-    if inputs.server.exposition.is_some() {
-        mesh["enablePrometheusMerge"] = json!(false);
-    }
     Rendered {
         file: "mesh-config.yaml",
-        comment: "Mesh-wide alternative to the extraStatTags annotation: istiod Helm values (or the\nspec of an IstioOperator). Histogram buckets have no mesh-wide ProxyConfig field: keep the\nsidecar.istio.io/statsHistogramBuckets annotation from pod-annotations.yaml.\nhelm upgrade istiod istio/istiod -n istio-system --reuse-values -f mesh-config.yaml".into(),
-        documents: vec![json!({"meshConfig": mesh})],
+        comment: format!("Mesh-wide alternative to the extraStatTags annotation, as istiod Helm values (Helm installs; for\nistioctl installs use istio-operator.yaml). {MESH_WIDE_CAVEATS}\nhelm upgrade istiod istio/istiod -n istio-system --reuse-values -f mesh-config.yaml"),
+        documents: vec![json!({"meshConfig": mesh_config_value(inputs)})],
+    }
+}
+
+/// The same as an IstioOperator overlay: an istioctl install has no Helm release to upgrade.
+pub fn istio_operator(inputs: &Inputs) -> Rendered {
+    Rendered {
+        file: "istio-operator.yaml",
+        comment: format!("Mesh-wide extraStatTags for istioctl installs: an IstioOperator overlay. istioctl install applies its\nprofile plus the files given, so pass the file(s) you installed with first (if one already sets\nmeshConfig.defaultConfig.extraStatTags, add these to it instead: lists are replaced, not merged).\n{MESH_WIDE_CAVEATS}\nistioctl install -f YOUR-ISTIO-OPERATOR.yaml -f istio-operator.yaml"),
+        documents: vec![json!({
+            "apiVersion": "install.istio.io/v1alpha1",
+            "kind": "IstioOperator",
+            "spec": {"meshConfig": mesh_config_value(inputs)},
+        })],
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod autoscaling;
 pub mod istio;
+pub mod scrape;
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,9 @@ use crate::contract::deploy::{Deployment, Target};
 pub enum WasmSource {
     /// A file mounted into the sidecar (e.g. from a ConfigMap via `sidecar.istio.io/userVolume`).
     File(String),
-    /// Downloaded by istio-agent (`https://` or `oci://`), verified against its sha256.
+    /// Downloaded by istio-agent (`https://` or `oci://`) and verified against `sha256`: for
+    /// `https://` the module file's sha256, for `oci://` the image *manifest* digest (what
+    /// `metricpact package` prints; istio-agent compares it with the digest it resolves).
     Remote { url: String, sha256: String },
 }
 
@@ -36,7 +39,15 @@ pub struct Inputs<'a> {
     pub target: Option<Target>,
     pub wasm: WasmSource,
     pub prometheus_url: Option<String>,
+    /// The pod's current `proxy.istio.io/config` (ProxyConfig YAML), kept in the patch.
+    pub existing_proxy_config: Option<String>,
+    /// Labels of the PodMonitor and PrometheusRule (Prometheus Operator's selectors match them).
+    pub monitor_labels: BTreeMap<String, String>,
 }
+
+/// The label kube-prometheus-stack's default `podMonitorSelector` / `ruleSelector` match
+/// (`release: <Helm release name>`), for its usual release name.
+pub const DEFAULT_MONITOR_LABEL: (&str, &str) = ("release", "kube-prometheus-stack");
 
 /// One rendered file: its name in the output directory and its YAML documents.
 pub struct Rendered {
@@ -76,23 +87,28 @@ impl Inputs<'_> {
     }
 }
 
-/// Renders every file for `inputs`; autoscaling objects only when a target workload is known.
-pub fn render(inputs: &Inputs) -> Vec<Rendered> {
+/// Renders every file for `inputs`: scrape wiring only when metrics merging is off (exposition
+/// rewrite), autoscaling objects only when a target workload is known.
+pub fn render(inputs: &Inputs) -> Result<Vec<Rendered>, String> {
     let mut files = vec![
         istio::envoy_filter(inputs),
         istio::wasm_plugin(inputs),
         istio::traffic_extension(inputs),
-        istio::pod_annotations(inputs),
+        istio::pod_annotations(inputs)?,
         istio::mesh_config(inputs),
+        istio::istio_operator(inputs),
         autoscaling::recording_rules(inputs),
+        autoscaling::prometheus_rule(inputs),
         autoscaling::adapter_rules(inputs),
     ];
     files.extend(istio::peer_authentication(inputs));
+    files.extend(scrape::prometheus_scrape_config(inputs));
+    files.extend(scrape::pod_monitor(inputs));
     if inputs.target.is_some() && inputs.deployment.autoscaling.is_some() {
         files.push(autoscaling::hpa(inputs));
         files.push(autoscaling::keda(inputs));
     }
-    files
+    Ok(files)
 }
 
 /// YAML text of one rendered file.
@@ -107,15 +123,20 @@ pub fn to_yaml(rendered: &Rendered) -> Result<String, String> {
         if i > 0 {
             out.push_str("---\n");
         }
-        // Long strings (queries, JSON) stay on one line: folding them would hurt diffs and reading.
-        let mut options = serde_saphyr::SerializerOptions::default();
-        options.folded_wrap_chars = usize::MAX;
-        out.push_str(&serde_saphyr::to_string_with_options(doc, options).map_err(|e| e.to_string())?);
+        out.push_str(&yaml_text(doc)?);
         if !out.ends_with('\n') {
             out.push('\n');
         }
     }
     Ok(out)
+}
+
+/// One YAML document. Long strings (queries, JSON) stay on one line: folding them would hurt
+/// diffs and reading.
+pub fn yaml_text(value: &Value) -> Result<String, String> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.folded_wrap_chars = usize::MAX;
+    serde_saphyr::to_string_with_options(value, options).map_err(|e| e.to_string())
 }
 
 /// A plugin configuration as the JSON object WasmPlugin/TrafficExtension `pluginConfig` takes.

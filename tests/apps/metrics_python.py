@@ -15,16 +15,18 @@ Routes:
     GET /healthz      liveness; touches no metric
 Anything else answers 404 (and touches no metric).
 
-Usage: metrics_python.py --port N [--content-type VALUE] [--gzip]     (binds 127.0.0.1 only, logs nothing)
+Usage: metrics_python.py --port N [--content-type VALUE] [--gzip] [--delay-ms MS]   (binds 127.0.0.1 only, logs nothing)
     --content-type VALUE   send VALUE as /metrics' Content-Type instead of the negotiated one
                            (simulates broken apps: e.g. "text/plain"); "none" omits the header
     --gzip                 gzip /metrics (Content-Encoding: gzip) when the request's Accept-Encoding
                            allows it (prometheus_client's gzip_accepted)
+    --delay-ms MS          /work answers after MS ms (what it records stays exactly 0.01 s)
 """
 
 import argparse
 import gzip
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -84,6 +86,7 @@ def record_fixed_observations():
 
 CONTENT_TYPE_OVERRIDE = None  # --content-type; "" means omit the header
 GZIP = False  # --gzip
+DELAY_SECONDS = 0.0  # --delay-ms
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -121,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/metrics" and self.command in ("GET", "HEAD"):
             self._metrics()
         elif path == "/work":
+            time.sleep(DELAY_SECONDS)
             HTTP_REQUESTS.labels(method=self.command, code="200", handler="/work").inc()
             HTTP_DURATION.labels(handler="/work").observe(0.01)
             self._send(200, b'{"ok":true}\n', [("Content-Type", "application/json")])
@@ -146,12 +150,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global CONTENT_TYPE_OVERRIDE, GZIP
+    global CONTENT_TYPE_OVERRIDE, GZIP, DELAY_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--content-type", metavar="VALUE", help='override /metrics\' Content-Type; "none" omits it')
     parser.add_argument("--gzip", action="store_true", help="gzip /metrics when Accept-Encoding allows it")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer /work after this many ms")
     args = parser.parse_args()
+    DELAY_SECONDS = args.delay_ms / 1000
     if args.content_type is not None:
         CONTENT_TYPE_OVERRIDE = "" if args.content_type.lower() == "none" else args.content_type
     GZIP = args.gzip

@@ -42,7 +42,7 @@ import harness  # noqa: E402  (the tests' real-process harness)
 
 CONTRACT = ROOT / "tests" / "demo" / "shop.yaml"
 APPS = ROOT / "tests" / "apps"
-PROMETHEUS = Path("/usr/bin/prometheus")
+PROMETHEUS = harness.PROMETHEUS
 NODE = shutil.which("node") or "/usr/bin/node"
 NAMESPACE = "shop"
 

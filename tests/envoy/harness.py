@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WASM = Path(os.environ.get("METRICPACT_WASM", ROOT / "target/wasm32-wasip1/release/metricpact.wasm"))
 CLI = Path(os.environ.get("METRICPACT_BIN", ROOT / "target/release/metricpact"))
 ENVOY = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
+# Resolved from PATH, as tests/setup.sh checks for them (it installs Debian's prometheus package).
+PROMETHEUS = Path(shutil.which("prometheus") or "prometheus")
+PROMTOOL = Path(shutil.which("promtool") or "promtool")
 
 
 def free_port() -> int:

@@ -3,13 +3,14 @@ reproduced with real processes (no Kubernetes can run here):
 
 - `render()`: the real CLI's manifests, parsed;
 - `IstioPod` / `sidecar_bootstrap()`: the Envoy bootstrap istio-agent would write for a pod after
-  the rendered objects are applied -- the EnvoyFilter's HTTP filter patched into the inbound
-  chain, `stats_config` generated from the pod's annotations exactly as Istio's bootstrap template
-  does (`tools/packaging/common/envoy_bootstrap.json`, `pkg/bootstrap/config.go`), Istio's node
-  metadata and node id;
-- `Prometheus`: a real Prometheus whose job labels targets like the `kubernetes-pods` job;
+  the rendered objects are applied -- the HTTP filters in Istio's order with the EnvoyFilter's
+  patch or the WasmPlugin/TrafficExtension where istiod puts it, `stats_config` generated from
+  the pod's annotations exactly as Istio's bootstrap template does
+  (`tools/packaging/common/envoy_bootstrap.json`, `pkg/bootstrap/config.go`), Istio's node
+  metadata and node id; the injector's metrics-merge rewrite of the pod's annotations;
+- `keda_metric()`: KEDA's prometheus scaler reading a rendered trigger;
 - `PrometheusAdapter`: prometheus-adapter's series discovery, naming and `metricsQuery` template
-  expansion for the rendered adapter rules;
+  expansion for the rendered adapter rules (custom and external metrics);
 - `steady_load()`: an open-loop load driver with known per-pod rates.
 
 Every process started here is stopped again (context managers)."""
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import subprocess
 import threading
@@ -32,8 +34,7 @@ import yaml
 
 import harness
 
-PROMETHEUS = Path("/usr/bin/prometheus")
-PROMTOOL = Path("/usr/bin/promtool")
+from harness import PROMETHEUS, PROMTOOL  # noqa: E402,F401  (re-exported)
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
@@ -160,20 +161,45 @@ def istio_stats_config(annotations: dict) -> dict:
 
 DEPLOYMENT_POD = re.compile(r"^(?P<deployment>[a-z0-9-]+)-(?P<rs>[a-z0-9]+)-(?P<suffix>[a-z0-9]{5})$")
 
+# Kubernetes names a controller's pods `generateName + 5 random characters`, cutting the base at
+# 58 characters (apiserver/pkg/storage/names/generate.go: maxNameLength 63, randomLength 5); a
+# Deployment's ReplicaSet is `<deployment>-<pod-template-hash>` (controller/deployment/sync.go)
+# and its pods' generateName `<replicaset>-` (controller_utils.go getPodsPrefix).
+MAX_GENERATED_NAME_BASE = 58
+
+
+def deployment_pod_name(deployment: str, pod_template_hash: str, suffix: str) -> str:
+    assert len(suffix) == 5
+    return f"{deployment}-{pod_template_hash}-"[:MAX_GENERATED_NAME_BASE] + suffix
+
+
+@dataclass
+class Container:
+    name: str
+    ports: list = field(default_factory=list)   # (containerPort, name or "")
+    image: str = "app:1.0"
+    init: bool = False
+
 
 @dataclass
 class IstioPod:
-    """A Deployment's pod as the injector and istio-agent see it."""
-    name: str                    # <deployment>-<replicaset hash>-<pod hash>
+    """A Deployment's pod as the injector and istio-agent see it. `name` is the real pod name
+    (`deployment_pod_name`), which for long Deployment names no longer shows the workload."""
+    name: str
     namespace: str
     labels: dict                 # pod template labels (app, version, ...)
     annotations: dict = field(default_factory=dict)   # pod template annotations
     ip: str = "127.0.0.1"
+    deployment: str | None = None
+    pod_template_hash: str | None = None
+    app_ports: list = field(default_factory=list)     # the app container's (containerPort, name)
+    node: str = "worker-1"
 
     def __post_init__(self):
-        m = DEPLOYMENT_POD.match(self.name)
-        assert m, f"{self.name} is not a Deployment pod name (<name>-<rs hash>-<pod hash>)"
-        self.deployment, self.pod_template_hash = m.group("deployment"), m.group("rs")
+        if self.deployment is None:
+            m = DEPLOYMENT_POD.match(self.name)
+            assert m, f"{self.name} is not a Deployment pod name (<name>-<rs hash>-<pod hash>)"
+            self.deployment, self.pod_template_hash = m.group("deployment"), m.group("rs")
 
     @property
     def service_account(self) -> str:
@@ -187,6 +213,36 @@ class IstioPod:
                 "security.istio.io/tlsMode": "istio",
                 "service.istio.io/canonical-name": self.labels.get("app", self.deployment),
                 "service.istio.io/canonical-revision": self.labels.get("version", "latest")}
+
+    def injected_annotations(self, mesh_merge: bool = True) -> tuple[dict, str | None]:
+        """The pod's annotations after injection and its ISTIO_PROMETHEUS_ANNOTATIONS env, as
+        pkg/kube/inject/webhook.go `applyPrometheusMerge` writes them (Istio 1.30): unless
+        `prometheus.io/scrape` parses false, and merging is on (pod annotation
+        `prometheus.istio.io/merge-metrics`, else meshConfig, else true), the original scrape
+        settings go to the env and the annotations point at the agent's :15020."""
+        annotations = dict(self.annotations)
+        sanitized = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in annotations.items()}
+        scrape = {"true": True, "1": True, "false": False, "0": False}.get(sanitized.get("prometheus_io_scrape", "").lower(), True)
+        merge_value = annotations.get("prometheus.istio.io/merge-metrics")
+        merge = {"true": True, "false": False}.get((merge_value or "").lower(), mesh_merge)
+        if not (scrape and merge) or sanitized.get("prometheus_io_port") == str(AGENT_PORT):
+            return annotations, None
+        original = {"scrape": sanitized.get("prometheus_io_scrape", ""), "path": sanitized.get("prometheus_io_path", ""),
+                    "port": sanitized.get("prometheus_io_port", "")}
+        env = json.dumps(original, separators=(",", ":")) if any(original.values()) else None
+        for key in [k for k in annotations if re.sub(r"[^a-zA-Z0-9_]", "_", k) in
+                    ("prometheus_io_port", "prometheus_io_path", "prometheus_io_scrape")]:
+            del annotations[key]
+        annotations.update({"prometheus.io/port": str(AGENT_PORT), "prometheus.io/path": "/stats/prometheus",
+                            "prometheus.io/scrape": "true"})
+        return annotations, env
+
+    def containers(self) -> list:
+        """The injected pod's containers (injection-template.yaml): the app's, istio-proxy
+        declaring only 15090 `http-envoy-prom`, and the istio-init init container (no ports)."""
+        return [Container(self.deployment, list(self.app_ports)),
+                Container("istio-proxy", [(ENVOY_PROMETHEUS_PORT, "http-envoy-prom")], image="istio/proxyv2:1.30.3"),
+                Container("istio-init", [], image="istio/proxyv2:1.30.3", init=True)]
 
     def node_id(self) -> str:
         return f"sidecar~{self.ip}~{self.name}.{self.namespace}~{self.namespace}.svc.cluster.local"
@@ -213,13 +269,20 @@ class IstioPod:
         return f"{self.labels['app']}.{self.namespace}" if "app" in self.labels else f"istio-proxy.{self.namespace}"
 
 
+# istio-agent's status port (merged metrics) and Envoy's Prometheus port (mesh defaults).
+AGENT_PORT = 15020
+ENVOY_PROMETHEUS_PORT = 15090
+
+
 def selects(obj: dict, pod: IstioPod) -> bool:
-    """Does an EnvoyFilter apply to the pod? Same namespace or the root namespace, and its
-    workloadSelector (absent = every workload) matches the pod's labels."""
+    """Does an Istio object apply to the pod? Same namespace or the root namespace, and its
+    selector (EnvoyFilter workloadSelector.labels, WasmPlugin/TrafficExtension
+    selector.matchLabels; absent = every workload) matches the pod's labels."""
     namespace = obj["metadata"].get("namespace")
     if namespace not in (pod.namespace, ROOT_NAMESPACE):
         return False
-    selector = obj["spec"].get("workloadSelector", {}).get("labels", {})
+    spec = obj["spec"]
+    selector = spec.get("workloadSelector", {}).get("labels") or spec.get("selector", {}).get("matchLabels") or {}
     labels = pod.pod_labels()
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -256,17 +319,94 @@ def apply_http_filter_patches(envoy_filters: list, pod: IstioPod, context: str, 
     return chain
 
 
-def istio_inbound_chain() -> list:
-    """The inbound HCM filters of an Istio sidecar that exist in upstream Envoy (Istio's own
-    istio.metadata_exchange / istio.stats are not in the PyPI Envoy); the router comes last."""
-    return [
-        {"name": "envoy.filters.http.fault",
-         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
-        {"name": "envoy.filters.http.cors",
-         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
-        {"name": ROUTER,
-         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+def _typed(name: str, type_name: str, config: dict | None = None) -> dict:
+    return {"name": name, "typed_config": {"@type": f"type.googleapis.com/{type_name}", **(config or {})}}
+
+
+GRPC_STATS = "envoy.filters.http.grpc_stats"
+RBAC = "envoy.filters.http.rbac"
+FAULT = "envoy.filters.http.fault"
+CORS = "envoy.filters.http.cors"
+
+
+def istio_http_chain(context: str, rbac: dict | None = None) -> list:
+    """A sidecar's HCM filters in the order istiod builds them (pilot/pkg/networking/core/
+    listener_builder.go `buildHTTPConnectionManager`: mx, ext_authz, [AUTHN plugins], authn,
+    [AUTHZ plugins], rbac, [STATS plugins], [unset plugins], grpc_stats, (alpn, outbound),
+    fault, cors, istio.stats, router), keeping those upstream Envoy has (istio.metadata_exchange,
+    istio_authn, istio.alpn and istio.stats are Istio's own). The RBAC filter exists only when
+    an AuthorizationPolicy selects the workload (inbound): `rbac` is its config."""
+    chain = []
+    if rbac is not None and context == "SIDECAR_INBOUND":
+        chain.append(_typed(RBAC, "envoy.extensions.filters.http.rbac.v3.RBAC", rbac))
+    chain += [
+        _typed(GRPC_STATS, "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+               {"emit_filter_state": True, "stats_for_all_methods": False}),
+        _typed(FAULT, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        _typed(CORS, "envoy.extensions.filters.http.cors.v3.Cors"),
+        _typed(ROUTER, "envoy.extensions.filters.http.router.v3.Router"),
     ]
+    return chain
+
+
+def istio_inbound_chain(rbac: dict | None = None) -> list:
+    return istio_http_chain("SIDECAR_INBOUND", rbac)
+
+
+def deny_path_prefix_policy(prefix: str) -> dict:
+    """The RBAC filter config istiod generates for an AuthorizationPolicy with action DENY and a
+    rule `to: [{operation: {paths: [PREFIX*]}}]` (pilot/pkg/security/authz/builder)."""
+    return {"rules": {"action": "DENY", "policies": {"ns[default]-policy[deny]-rule[0]": {
+        "permissions": [{"and_rules": {"rules": [{"or_rules": {"rules": [
+            {"url_path": {"path": {"prefix": prefix}}}]}}]}}],
+        "principals": [{"and_ids": {"ids": [{"any": True}]}}]}}},
+        "shadow_rules_stat_prefix": "istio_dry_run_allow_"}
+
+
+def wasm_plugin_filter(obj: dict) -> dict:
+    """The HTTP filter istiod delivers for a WasmPlugin or TrafficExtension (over ECDS, after
+    istio-agent turned a file:// or downloaded module into a local file), as
+    pilot/pkg/model/extensions.go builds it: named extensions.istio.io/wasmplugin/NS.NAME, the
+    plugin config as a StringValue of its JSON, root_id = pluginName, V8, no vm_id."""
+    spec = obj["spec"]
+    wasm = spec.get("wasm", spec)  # TrafficExtension nests the module fields under `wasm`
+    url = wasm["url"]
+    assert url.startswith("file://"), f"the model runs local modules only: {url}"
+    name = f"{obj['metadata']['namespace']}.{obj['metadata']['name']}"
+    policy = {"FAIL_OPEN": "FAIL_OPEN", "FAIL_CLOSE": "FAIL_CLOSED", "FAIL_RELOAD": "FAIL_RELOAD"}[wasm["failStrategy"]]
+    return {"name": f"extensions.istio.io/wasmplugin/{name}", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": name, "root_id": wasm["pluginName"], "failure_policy": policy,
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                              "value": json.dumps(wasm["pluginConfig"])},
+            "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": url[len("file://"):]}}},
+        }}}
+
+
+def apply_wasm_plugins(extensions: list, pod: IstioPod, context: str, chain: list) -> list:
+    """Inserts the STATS-phase WasmPlugins / TrafficExtensions selecting `pod` where istiod puts
+    them: after the authorization filters, right before grpc_stats."""
+    mode = {"SIDECAR_INBOUND": "SERVER", "SIDECAR_OUTBOUND": "CLIENT"}[context]
+    chain = list(chain)
+    for obj in extensions:
+        assert obj["kind"] in ("WasmPlugin", "TrafficExtension"), obj["kind"]
+        if not selects(obj, pod):
+            continue
+        spec = obj["spec"]
+        assert spec["phase"] == "STATS", spec["phase"]
+        modes = {m.get("mode", "CLIENT_AND_SERVER") for m in spec.get("match") or [{}]}
+        if not modes & {mode, "CLIENT_AND_SERVER"}:
+            continue
+        chain.insert([f["name"] for f in chain].index(GRPC_STATS), wasm_plugin_filter(obj))
+    return chain
+
+
+def sidecar_http_filters(pod: IstioPod, context: str, *, envoy_filters=(), extensions=(), rbac=None) -> list:
+    """The HCM filters of one of the pod's sidecar listeners: Istio's chain, the WasmPlugins,
+    then the EnvoyFilter patches (istiod applies those to the built chain)."""
+    chain = apply_wasm_plugins(list(extensions), pod, context, istio_http_chain(context, rbac))
+    return apply_http_filter_patches(list(envoy_filters), pod, context, chain)
 
 
 def _cluster(name: str, port: int) -> dict:
@@ -277,7 +417,7 @@ def _cluster(name: str, port: int) -> dict:
     }
 
 
-def _hcm_listener(name: str, port: int, stat_prefix: str, route_prefix: str, cluster: str, http_filters: list) -> dict:
+def _hcm_listener(name: str, port: int, stat_prefix: str, routes: list, http_filters: list) -> dict:
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -287,37 +427,57 @@ def _hcm_listener(name: str, port: int, stat_prefix: str, route_prefix: str, clu
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": stat_prefix,
                 "codec_type": "AUTO",
-                "route_config": {"name": name, "virtual_hosts": [{
-                    "name": name, "domains": ["*"],
-                    "routes": [{"match": {"prefix": route_prefix}, "route": {"cluster": cluster, "timeout": "15s"}}],
-                }]},
+                "route_config": {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
                 "http_filters": http_filters,
             },
         }]}],
     }
 
 
-def sidecar_bootstrap(pod: IstioPod, envoy_filters: list, app_port: int, *, inbound_port: int,
-                      prometheus_port: int, admin_port: int) -> dict:
-    """The sidecar's Envoy configuration after the rendered objects are applied. The inbound
-    listener stands in for Istio's virtualInbound chain of the app's port; the stats listener
-    for :15090 (`/stats/prometheus` routed to the admin), which Prometheus scrapes."""
-    app_cluster = f"inbound|{app_port}||"
-    inbound_filters = apply_http_filter_patches(envoy_filters, pod, "SIDECAR_INBOUND", istio_inbound_chain())
+def _route(prefix: str, cluster: str, **extra) -> dict:
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "15s"}, **extra}
+
+
+@dataclass
+class Outbound:
+    """An outbound listener of the sidecar (the app's calls to another service) with the route
+    Istio renders from a VirtualService: `route_filters` holds its typed_per_filter_config
+    (fault injection, CORS policy)."""
+    upstream_port: int
+    route_filters: dict = field(default_factory=dict)
+
+
+def sidecar_bootstrap(pod: IstioPod, filters: dict, app_ports: dict, *, inbound_ports: dict,
+                      prometheus_port: int, admin_port: int, outbound: Outbound | None = None,
+                      outbound_port: int | None = None) -> dict:
+    """The sidecar's Envoy configuration after the rendered objects are applied. One inbound
+    listener per app port (`app_ports`: container port -> the app's real local port;
+    `inbound_ports`: container port -> the listener's local port) stands in for Istio's
+    virtualInbound filter chain of that port; the stats listener for :15090 (`/stats/prometheus`
+    routed to the admin, envoy_bootstrap.json); `filters`: context -> HCM filters."""
+    listeners, clusters = [], [_cluster("prometheus_stats", admin_port)]
+    for container_port, app_port in app_ports.items():
+        cluster = f"inbound|{container_port}||"
+        listeners.append(_hcm_listener(f"virtualInbound_{container_port}", inbound_ports[container_port],
+                                       f"inbound_0.0.0.0_{container_port}", [_route("/", cluster)],
+                                       filters["SIDECAR_INBOUND"]))
+        clusters.append(_cluster(cluster, app_port))
+    listeners.append(_hcm_listener("prometheus_stats", prometheus_port, "stats",
+                                   [_route("/stats/prometheus", "prometheus_stats")],
+                                   [_typed(ROUTER, "envoy.extensions.filters.http.router.v3.Router")]))
+    if outbound is not None:
+        cluster = f"outbound|{outbound.upstream_port}||upstream.default.svc.cluster.local"
+        route = _route("/", cluster)
+        if outbound.route_filters:
+            route["typed_per_filter_config"] = outbound.route_filters
+        listeners.append(_hcm_listener("outbound_upstream", outbound_port, f"outbound_0.0.0.0_{outbound.upstream_port}",
+                                       [route], filters["SIDECAR_OUTBOUND"]))
+        clusters.append(_cluster(cluster, outbound.upstream_port))
     config = {
         "node": {"id": pod.node_id(), "cluster": pod.service_cluster(), "metadata": pod.node_metadata()},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "stats_config": istio_stats_config(pod.annotations),
-        "static_resources": {
-            "listeners": [
-                _hcm_listener("virtualInbound", inbound_port, f"inbound_0.0.0.0_{app_port}", "/", app_cluster,
-                              inbound_filters),
-                _hcm_listener("prometheus_stats", prometheus_port, "stats", "/stats/prometheus", "prometheus_stats",
-                              [{"name": ROUTER, "typed_config": {
-                                  "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]),
-            ],
-            "clusters": [_cluster(app_cluster, app_port), _cluster("prometheus_stats", admin_port)],
-        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
     # Istio leaves Envoy's 5 s stats flush unless sidecar.istio.io/statsFlushInterval is set.
     if "sidecar.istio.io/statsFlushInterval" in pod.annotations:
@@ -326,15 +486,25 @@ def sidecar_bootstrap(pod: IstioPod, envoy_filters: list, app_port: int, *, inbo
 
 
 class Sidecar(harness.Envoy):
-    """An Envoy started from `sidecar_bootstrap()`; `.port` is the inbound listener,
-    `.stats_port` the :15090-like Prometheus endpoint."""
+    """An Envoy started from `sidecar_bootstrap()`: `.port` is the inbound listener of the first
+    app port (`.inbound_ports` all of them), `.stats_port` the :15090-like Prometheus endpoint,
+    `.outbound_port` the outbound listener (with `outbound`). The HTTP filters come from the
+    rendered EnvoyFilters (`envoy_filters`) or WasmPlugins/TrafficExtensions (`extensions`)."""
 
-    def __init__(self, pod: IstioPod, envoy_filters: list, app_port: int, workdir: Path, concurrency=2, **kw):
+    def __init__(self, pod: IstioPod, envoy_filters: list, app_port: int | dict, workdir: Path, concurrency=2, *,
+                 extensions=(), rbac=None, outbound: Outbound | None = None):
         self.pod = pod
+        app_ports = app_port if isinstance(app_port, dict) else {pod.app_ports[0][0] if pod.app_ports else 8080: app_port}
         self.stats_port = harness.free_port()
-        config = sidecar_bootstrap(pod, envoy_filters, app_port, inbound_port=harness.free_port(),
-                                   prometheus_port=self.stats_port, admin_port=harness.free_port(), **kw)
-        super().__init__(config, workdir, concurrency=concurrency)
+        self.inbound_ports = {p: harness.free_port() for p in app_ports}
+        self.outbound_port = harness.free_port() if outbound else None
+        self.filters = {context: sidecar_http_filters(pod, context, envoy_filters=envoy_filters, extensions=extensions,
+                                                      rbac=rbac)
+                        for context in ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND")}
+        config = sidecar_bootstrap(pod, self.filters, app_ports, inbound_ports=self.inbound_ports,
+                                   prometheus_port=self.stats_port, admin_port=harness.free_port(),
+                                   outbound=outbound, outbound_port=self.outbound_port)
+        super().__init__(config, workdir, concurrency=concurrency)  # .port: the first listener's
 
     def scrape_stats_port(self) -> harness.Exposition:
         status, body = harness.http_get(self.stats_port, "/stats/prometheus")
@@ -376,15 +546,15 @@ class Process:
                                f"{self.log_path.read_text(errors='replace')[-2000:]}")
 
 
-def start_app(stack: contextlib.ExitStack, argv: list, workdir: Path, name: str) -> int:
-    """Starts an app from tests/apps with `--port N` appended; waits for /healthz."""
+def start_app(stack: contextlib.ExitStack, argv: list, workdir: Path, name: str, health: str = "/healthz") -> int:
+    """Starts an app from tests/apps with `--port N` appended; waits for its health path."""
     port = harness.free_port()
     app = stack.enter_context(Process(name, [*argv, "--port", str(port)], workdir / f"{name}.log"))
 
     def healthy():
         app.check_running()
         try:
-            return harness.http_get(port, "/healthz", timeout=2)[0] == 200
+            return harness.http_get(port, health, timeout=2)[0] == 200
         except OSError:
             return False
 
@@ -392,103 +562,47 @@ def start_app(stack: contextlib.ExitStack, argv: list, workdir: Path, name: str)
     return port
 
 
-# ---------------------------------------------------------------- Prometheus
+# ---------------------------------------------------------------- KEDA
 
-@dataclass
-class ScrapeTarget:
-    address: str      # host:port
-    labels: dict      # target labels, as kubernetes-pods' relabelling would set them
-
-
-def pod_scrape_target(sidecar: Sidecar) -> ScrapeTarget:
-    """What the kubernetes-pods job attaches to a pod's target: namespace, pod and the pod's
-    labels (labelmap __meta_kubernetes_pod_label_(.+), names sanitized to [a-zA-Z0-9_])."""
-    labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in sidecar.pod.pod_labels().items()}
-    labels.update(namespace=sidecar.pod.namespace, pod=sidecar.pod.name)
-    return ScrapeTarget(f"127.0.0.1:{sidecar.stats_port}", labels)
-
-
-class Prometheus(Process):
-    """A real Prometheus scraping `targets` every second (job kubernetes-pods, honor_labels like
-    Istio's sample job), optionally evaluating rule files every second."""
-
-    def __init__(self, workdir: Path, targets: list, rule_files=(), port: int | None = None):
-        self.port = port or harness.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.targets = targets
-        workdir = Path(workdir)
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{
-                "job_name": "kubernetes-pods",
-                "honor_labels": True,
-                "metrics_path": "/stats/prometheus",
-                "scrape_interval": "1s",
-                "static_configs": [{"targets": [t.address], "labels": t.labels} for t in targets],
-            }],
-        }
-        path = workdir / f"prometheus-{self.port}.yml"
-        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-        super().__init__("prometheus", [
-            PROMETHEUS, f"--config.file={path}", f"--storage.tsdb.path={workdir / f'tsdb-{self.port}'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"], workdir / f"prometheus-{self.port}.log")
-
-    def __enter__(self):
-        super().__enter__()
-        try:
-            harness.wait_until(self._ready, timeout=30, interval=0.2, what=f"prometheus on port {self.port}")
-            harness.wait_until(self._targets_up, timeout=30, interval=0.25, what="every scrape target up")
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def _ready(self):
-        self.check_running()
-        try:
-            return harness.http_get(self.port, "/-/ready", timeout=2)[0] == 200
-        except OSError:
-            return False
-
-    def _targets_up(self):
-        up = {r["metric"].get("pod"): r["value"][1] for r in self.query('up{job="kubernetes-pods"}')}
-        return len(up) == len(self.targets) and all(v == "1" for v in up.values())
-
-    def api(self, path: str, params: list | dict) -> dict:
-        status, body = harness.http_get(self.port, f"{path}?{urllib.parse.urlencode(params)}")
-        answer = json.loads(body)
-        if status != 200 or answer.get("status") != "success":
-            raise RuntimeError(f"{path} {params} failed ({status}): {body[:500]!r}")
-        return answer["data"]
-
-    def query(self, query: str, at: float | None = None) -> list:
-        params = {"query": query}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
-        return self.api("/api/v1/query", params)["result"]
-
-    def series(self, match: str) -> list:
-        return self.api("/api/v1/series", [("match[]", match)])
-
-
-def query_url(server_address: str, query: str, at: float) -> list:
-    """An instant query against a Prometheus base URL, as KEDA's prometheus scaler sends it."""
+def query_url(server_address: str, query: str, at: float) -> dict:
+    """An instant query against a Prometheus base URL, as KEDA's prometheus scaler sends it
+    (`/api/v1/query?query=…&time=…`): the answer's `data`."""
     url = urllib.parse.urlsplit(server_address)
     assert url.scheme == "http" and url.hostname == "127.0.0.1", server_address
     path = (url.path.rstrip("/") or "") + "/api/v1/query"
     status, body = harness.http_get(url.port, f"{path}?{urllib.parse.urlencode({'query': query, 'time': f'{at:.3f}'})}")
     answer = json.loads(body)
     assert status == 200 and answer["status"] == "success", body[:500]
-    return answer["data"]["result"]
+    return answer["data"]
 
 
-def single_value(result: list) -> float | None:
-    """KEDA's reading of a query result: exactly one element, its value (None: no data)."""
+class KedaScalerError(Exception):
+    """What KEDA's prometheus scaler returns as an error (the ScaledObject's metric fails)."""
+
+
+def keda_metric(trigger: dict, at: float) -> float:
+    """The value KEDA's prometheus scaler reads for a trigger (pkg/scalers/prometheus_scaler.go,
+    KEDA 2.18.3, `ExecutePromQuery`): a vector of exactly one element; an empty one is 0 only
+    with ignoreNullValues (default true), else an error; +/-Inf likewise; NaN passes through
+    (KEDA < 2.20 does not catch it: int64(NaN*1000) becomes MinInt64)."""
+    meta = trigger["metadata"]
+    ignore_null = meta.get("ignoreNullValues", "true").lower() in ("1", "t", "true")
+    data = query_url(meta["serverAddress"], meta["query"], at)
+    if data["resultType"] != "vector":
+        raise KedaScalerError(f"json: cannot unmarshal {data['resultType']} into the scaler's vector result")
+    result = data["result"]
     if not result:
-        return None
-    assert len(result) == 1, f"the query must return one element, got {len(result)}: {result}"
-    return float(result[0]["value"][1])
+        if ignore_null:
+            return 0.0
+        raise KedaScalerError("prometheus metrics 'prometheus' target may be lost, the result is empty")
+    if len(result) > 1:
+        raise KedaScalerError(f"prometheus query {meta['query']} returned multiple elements")
+    value = float(result[0]["value"][1])
+    if math.isinf(value):
+        if ignore_null:
+            return 0.0
+        raise KedaScalerError(f"prometheus query returns {value}")
+    return value
 
 
 # ---------------------------------------------------------------- prometheus-adapter
@@ -547,6 +661,36 @@ class PrometheusAdapter:
             query = query.replace(placeholder, value)
         assert "<<" not in query, f"unexpanded template in {query!r}"
         return query
+
+    @staticmethod
+    def expand_external(rule: dict, series: str, namespace: str, selector: dict) -> str:
+        """metricsQuery of an `externalRules` entry as BuildExternal (pkg/naming/metrics_query.go)
+        expands it: LabelMatchers = the HPA's metric.selector requirements sorted by key
+        (`label="value"`, Go %q), then the namespace label of a namespaced rule; GroupBy empty."""
+        overrides = rule["resources"]["overrides"]
+        ns_label = next(k for k, v in overrides.items() if v["resource"] == "namespace")
+        matchers = [f"{k}={json.dumps(v)}" for k, v in sorted(selector.items())]
+        if rule["resources"].get("namespaced", True):
+            matchers.append(f"{ns_label}={json.dumps(namespace)}")
+        query = rule["metricsQuery"]
+        for placeholder, value in (("<<.Series>>", series), ("<<.LabelMatchers>>", ",".join(matchers)),
+                                   ("<<.GroupBy>>", "")):
+            query = query.replace(placeholder, value)
+        assert "<<" not in query, f"unexpanded template in {query!r}"
+        return query
+
+    def external_value(self, metric: str, namespace: str, selector: dict, at: float) -> list:
+        """GET external.metrics.k8s.io/v1beta1/namespaces/NS/METRIC?labelSelector=…: the values
+        (an empty list: the HPA's "no metrics returned from external metrics API")."""
+        for rule in self.rules:
+            for labels in self.prometheus.series(rule["seriesQuery"]):
+                series = labels["__name__"]
+                name = rule.get("name", {})
+                matches = re.compile(name.get("matches", "(.*)"))
+                if matches.search(series) and matches.sub(go_template_replacement(name.get("as", "$1")), series) == metric:
+                    return [float(r["value"][1]) for r in self.prometheus.query(
+                        self.expand_external(rule, series, namespace, selector), at)]
+        return []
 
     def pod_values(self, metric: str, namespace: str, pods: list, at: float) -> dict:
         """What GET custom.metrics.k8s.io/.../namespaces/NS/pods/*/METRIC answers: pod -> value."""

@@ -26,11 +26,15 @@ from istio import ISTIO_STATS_TAGS_AFTER, ISTIO_STATS_TAGS_BEFORE, PROMTOOL, Pro
 
 ROOT = harness.ROOT
 CONTRACTS = sorted((ROOT / "contracts").glob("*.yaml"))
-SCHEMAS = Path(os.environ.get("METRICPACT_CRD_SCHEMAS", "/work/shared/schemas"))
+# CI lays shared/ beside the clone; METRICPACT_CRD_SCHEMAS overrides.
+SCHEMAS = Path(os.environ.get("METRICPACT_CRD_SCHEMAS", ROOT.parent / "shared" / "schemas"))
 KUBERNETES_VERSION = "1.33"
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
+# Where the EnvoyFilter anchors metricpact: before grpc_stats, i.e. where WasmPlugin and
+# TrafficExtension put a STATS-phase plugin (Istio's listener_builder.go).
+ANCHOR = "envoy.filters.http.grpc_stats"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 SELF_LABELS = ["metricpact_contract_name", "metricpact_contract_version", "metricpact_contract_hash",
                "metricpact_label", "metricpact_metric", "metricpact_result"]
@@ -61,7 +65,11 @@ MODES = {
     "remote": ["--wasm-url", REMOTE_URL, "--wasm-sha256", EXAMPLE_SHA256],
 }
 BASE_FILES = {"envoyfilter.yaml", "wasmplugin.yaml", "trafficextension.yaml", "pod-annotations.yaml",
-              "mesh-config.yaml", "recording-rules.yaml", "prometheus-adapter-rules.yaml"}
+              "mesh-config.yaml", "istio-operator.yaml", "recording-rules.yaml", "prometheus-rule.yaml",
+              "prometheus-adapter-rules.yaml"}
+# With metrics merging off (exposition rewrite): who scrapes the sidecar's own stats.
+SCRAPE_FILES = {"prometheus-scrape-config.yaml", "podmonitor.yaml"}
+MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 AUTOSCALING_FILES = {"hpa.yaml", "keda-scaledobject.yaml"}
 
 
@@ -103,9 +111,25 @@ class Expected:
     @property
     def files(self) -> set:
         files = BASE_FILES | (AUTOSCALING_FILES if self.target and self.autoscaling else set())
+        if self.contract.get("exposition"):
+            files |= SCRAPE_FILES
         if self.exposition_port() and {k for k in self.selector if k != "metricpact.io/wasm"}:
             files |= {"peer-authentication.yaml"}
         return files
+
+    def workload_label(self) -> str | None:
+        """The label the autoscaling queries select the workload by: the one whose only source is
+        Istio's WORKLOAD_NAME node metadata."""
+        for label in self.plugin_config["labels"]:
+            if label["sources"] == [{"kind": "node", "key": "WORKLOAD_NAME"}]:
+                return label["name"]
+        return None
+
+    def workload_matchers(self) -> str:
+        label = self.workload_label()
+        if label:
+            return f'namespace="{self.namespace}",{label}="{self.target}"'
+        return f'namespace="{self.namespace}",pod=~"{self.pod_regex()}"'
 
     def exposition_port(self):
         """The app's metrics port, when the contract rewrites the app's exposition."""
@@ -424,10 +448,35 @@ def k8s_errors(obj: dict) -> list:
     return errors
 
 
+# istio/istio operator/pkg/apis/types.go: IstioOperatorSpec's JSON fields. Since Istio 1.24 there
+# is no in-cluster operator and no CRD: an IstioOperator is the input file of `istioctl install`.
+ISTIO_OPERATOR_SPEC_FIELDS = {"profile", "installPackagePath", "hub", "tag", "namespace", "revision",
+                              "compatibilityVersion", "meshConfig", "components", "values", "unvalidatedValues"}
+
+
+def istio_operator_errors(obj: dict) -> list:
+    """An IstioOperator overlay, by hand against IstioOperatorSpec; its meshConfig must be the
+    part of MeshConfig we set (defaultConfig.extraStatTags: a list of tag names)."""
+    errors = []
+    if set(obj) - {"apiVersion", "kind", "metadata", "spec"}:
+        errors.append(f"/: unknown fields {sorted(set(obj) - {'apiVersion', 'kind', 'metadata', 'spec'})}")
+    spec = obj.get("spec", {})
+    if set(spec) - ISTIO_OPERATOR_SPEC_FIELDS:
+        errors.append(f"/spec: unknown fields {sorted(set(spec) - ISTIO_OPERATOR_SPEC_FIELDS)}")
+    mesh = spec.get("meshConfig", {})
+    if set(mesh) != {"defaultConfig"} or set(mesh["defaultConfig"]) != {"extraStatTags"}:
+        errors.append(f"/spec/meshConfig: {mesh!r}")
+    elif not all(isinstance(t, str) and re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", t) for t in mesh["defaultConfig"]["extraStatTags"]):
+        errors.append("/spec/meshConfig/defaultConfig/extraStatTags: not a list of tag names")
+    return errors
+
+
 def object_errors(obj: dict) -> list:
     """A custom resource against its CRD, a built-in kind against Kubernetes' schema."""
     if (obj.get("apiVersion"), obj.get("kind")) == ("security.istio.io/v1", "PeerAuthentication"):
         return peer_authentication_errors(obj)
+    if (obj.get("apiVersion"), obj.get("kind")) == ("install.istio.io/v1alpha1", "IstioOperator"):
+        return istio_operator_errors(obj)
     group = obj["apiVersion"].split("/")[0]
     return crd_errors(obj) if "." in group and not group.endswith("k8s.io") else k8s_errors(obj)
 
@@ -504,7 +553,9 @@ def test_every_object_is_valid_for_the_cluster(rendered, case):
             assert not errors, f"{file}: {obj['kind']} {obj['metadata'].get('name')}:\n  " + "\n  ".join(errors)
             validated.append((obj["apiVersion"], obj["kind"]))
     kinds = {k for _, k in validated}
-    assert {"EnvoyFilter", "WasmPlugin", "TrafficExtension"} <= kinds
+    assert {"EnvoyFilter", "WasmPlugin", "TrafficExtension", "IstioOperator", "PrometheusRule"} <= kinds
+    if expected.contract.get("exposition"):
+        assert "PodMonitor" in kinds
     if expected.target and expected.autoscaling:
         assert {"HorizontalPodAutoscaler", "ScaledObject"} <= kinds
     # The Deployment patch is a valid part of a Deployment.
@@ -567,7 +618,7 @@ def test_every_cel_rule_of_our_crds_is_implemented():
         elif isinstance(schema, list):
             for child in schema:
                 yield from rules(child)
-    ours = {"EnvoyFilter", "WasmPlugin", "TrafficExtension", "ScaledObject"}
+    ours = {"EnvoyFilter", "WasmPlugin", "TrafficExtension", "ScaledObject", "PodMonitor", "PrometheusRule"}
     for (_, kind), (path, schema) in CRDS.items():
         if kind in ours:
             for rule in rules(schema):
@@ -592,13 +643,19 @@ def test_metadata_namespace_and_selector(rendered, case):
     contract = expected.plugin_config["contract"]
     for file in r.texts:
         for obj in r.docs(file):
+            if obj.get("kind") == "IstioOperator":
+                assert "metadata" not in obj  # an istioctl input file, not an object in the cluster
+                continue
             if "metadata" not in obj:
                 continue
             meta = obj["metadata"]
             assert meta["namespace"] == expected.namespace
             assert meta["name"] in (expected.object_name, f"{expected.object_name}-client",
                                     f"{expected.object_name}-metrics")
-            assert meta["labels"] == {"app.kubernetes.io/name": "metricpact", "app.kubernetes.io/managed-by": "metricpact"}
+            labels = {"app.kubernetes.io/name": "metricpact", "app.kubernetes.io/managed-by": "metricpact"}
+            if obj["kind"] in ("PodMonitor", "PrometheusRule"):
+                labels |= MONITOR_LABELS  # what kube-prometheus-stack's default selectors match
+            assert meta["labels"] == labels
             assert meta["annotations"] == {"metricpact.io/contract": f"{contract['name']} {contract['version']}",
                                            "metricpact.io/contract-hash": contract["hash"]}
     envoy_filter = r.one("envoyfilter.yaml")
@@ -612,7 +669,7 @@ def test_metadata_namespace_and_selector(rendered, case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_envoy_filter_inserts_the_wasm_filter_before_the_router(rendered, case):
+def test_envoy_filter_inserts_the_wasm_filter_where_wasm_plugin_puts_a_stats_plugin(rendered, case):
     r, expected = rendered(*case)
     patches = r.one("envoyfilter.yaml")["spec"]["configPatches"]
     http_patches = [p for p in patches if p["applyTo"] == "HTTP_FILTER"]
@@ -621,7 +678,7 @@ def test_envoy_filter_inserts_the_wasm_filter_before_the_router(rendered, case):
     extension_configs = {p["patch"]["value"]["name"]: p for p in patches if p["applyTo"] == "EXTENSION_CONFIG"}
     assert len(patches) == len(http_patches) + len(extension_configs)
     for (name, context, _, config), patch in zip(expected.sides(), http_patches):
-        assert patch["match"]["listener"] == {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ROUTER}}}}
+        assert patch["match"]["listener"] == {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ANCHOR}}}}
         assert patch["patch"]["operation"] == "INSERT_BEFORE"
         value = patch["patch"]["value"]
         if expected.remote:
@@ -681,10 +738,11 @@ def test_proxy_config_extracts_every_label_and_buckets_the_histograms(rendered, 
     tags = expected.extra_stat_tags()
     proxy_config = yaml.safe_load(annotations["proxy.istio.io/config"])
     assert proxy_config == {"extraStatTags": tags}
+    # Mesh-wide only the tags: metrics merging stays on for every other workload.
     mesh = {"defaultConfig": {"extraStatTags": tags}}
-    if expected.contract.get("exposition"):
-        mesh["enablePrometheusMerge"] = False
     assert r.one("mesh-config.yaml") == {"meshConfig": mesh}
+    assert r.one("istio-operator.yaml") == {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                                             "spec": {"meshConfig": mesh}}
     # Tag names are spliced unescaped into unanchored regexes (see reference/istio.md).
     assert len(set(tags)) == len(tags)
     for tag in tags:
@@ -705,14 +763,18 @@ def test_proxy_config_extracts_every_label_and_buckets_the_histograms(rendered, 
     stats = json.loads(harness.run_cli("envoy-stats", str(case[0])).stdout)
     assert [t["tag_name"] for t in stats["stats_tags"]] == tags
     assert {s["match"]["prefix"]: s["buckets"] for s in stats["histogram_bucket_settings"]}.items() <= buckets.items()
-    # A contract that rewrites the app's exposition turns metrics merging off (the scrape must
-    # pass the sidecar) and annotates the metrics port for scraping.
+    # A contract that rewrites the app's exposition turns metrics merging off for its pods (the
+    # scrape must pass the sidecar), annotates the metrics port for scraping, and labels the pods
+    # for the rendered sidecar-stats scrape (and for Istio's PodMonitor to skip).
     exposition = expected.contract.get("exposition")
     scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.")}
+    pod_labels = r.pod_template_labels()
     if exposition:
         port = expected.exposition_port()
         assert scrape == {"prometheus.istio.io/merge-metrics": "false", "prometheus.io/scrape": "true",
                           "prometheus.io/port": str(port), "prometheus.io/path": exposition["paths"][0]}
+        assert {k: v for k, v in pod_labels.items() if k != "metricpact.io/wasm"} == {
+            "metricpact.io/scrape-sidecar": "true", "istio-prometheus-ignore": "true"}
         if expected.selector:
             pa = r.one("peer-authentication.yaml")
             assert pa["spec"] == {"portLevelMtls": {str(port): {"mode": "PERMISSIVE"}},
@@ -720,6 +782,7 @@ def test_proxy_config_extracts_every_label_and_buckets_the_histograms(rendered, 
                                                                if k != "metricpact.io/wasm"}}}
     else:
         assert scrape == {}
+        assert {k: v for k, v in pod_labels.items() if k != "metricpact.io/wasm"} == {}
     # File mode mounts the module; remote mode needs no volume.
     if expected.remote:
         assert set(annotations) - set(scrape) == {"proxy.istio.io/config", "sidecar.istio.io/statsHistogramBuckets"}
@@ -731,7 +794,7 @@ def test_proxy_config_extracts_every_label_and_buckets_the_histograms(rendered, 
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_recording_rules_pass_promtool(rendered, case):
+def test_recording_rules_pass_promtool(rendered, case, tmp_path):
     r, expected = rendered(*case)
     result = promtool_check_rules(r.directory / "recording-rules.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -745,37 +808,55 @@ def test_recording_rules_pass_promtool(rendered, case):
         {"record": f"namespace_pod:{histogram}:p95_{latency}",
          "expr": f"histogram_quantile(0.95, sum by (namespace, pod, le) (rate({histogram}_bucket[{latency}])))"},
     ]}]
+    # The same groups as a PrometheusRule for the operator, whose spec promtool checks too.
+    rule = r.one("prometheus-rule.yaml")
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"] == {"groups": groups}
+    spec = tmp_path / "prometheus-rule-spec.yaml"
+    spec.write_text(yaml.safe_dump(rule["spec"]))
+    assert promtool_check_rules(spec).returncode == 0
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_adapter_rules_serve_the_metrics_the_hpa_asks_for(rendered, case, tmp_path):
     r, expected = rendered(*case)
-    rules = r.one("prometheus-adapter-rules.yaml")
-    assert set(rules) == {"rules"} and len(rules["rules"]) == 2
+    config = r.one("prometheus-adapter-rules.yaml")
+    label = expected.workload_label()
+    assert set(config) == ({"rules", "externalRules"} if label else {"rules"})
     counter, histogram = expected.plugin_config["requests"]["name"], expected.plugin_config["duration"]["name"]
-    names = {}
-    for rule in rules["rules"]:
-        assert set(rule) == {"seriesQuery", "resources", "name", "metricsQuery"}, rule
-        assert rule["resources"] == {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}
-        assert rule["seriesQuery"].endswith('{namespace!="",pod!=""}')
-        series = series_name(rule["seriesQuery"])
-        pattern = re.compile(rule["name"]["matches"])
-        assert pattern.search(series), (pattern.pattern, series)
-        names[pattern.sub(go_template_replacement(rule["name"]["as"]), series)] = rule
-        for template in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
-            assert template in rule["metricsQuery"], (template, rule["metricsQuery"])
-        expanded = PrometheusAdapter.expand(rule, series, "shop", ["cart-7d9f8b6c5-x2x8k", "cart-7d9f8b6c5-q4w7n"])
-        assert_promql_parses(tmp_path, {series: expanded, f"series_{series}": rule["seriesQuery"]})
-    qps_name, p95_name = f"{counter.removesuffix('_total')}_per_second", f"{histogram}_p95"
-    assert series_name(names[qps_name]["seriesQuery"]) == counter
-    assert series_name(names[p95_name]["seriesQuery"]) == f"{histogram}_bucket"
     rate, latency = expected.window("rate_window", "1m"), expected.window("latency_window", "2m")
-    assert names[qps_name]["metricsQuery"] == f"sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{rate}])) by (<<.GroupBy>>)"
-    assert names[p95_name]["metricsQuery"] == \
-        f"histogram_quantile(0.95, sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{latency}])) by (le, <<.GroupBy>>))"
+    # Per-pod QPS: a custom (Pods) metric.
+    rule, = config["rules"]
+    assert rule == {
+        "seriesQuery": f'{counter}{{namespace!="",pod!=""}}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": "^(.*)_total$", "as": "${1}_per_second"},
+        "metricsQuery": f"sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{rate}])) by (<<.GroupBy>>)",
+    }
+    pattern = re.compile(rule["name"]["matches"])
+    assert pattern.sub(go_template_replacement(rule["name"]["as"]), counter) == f"{counter.removesuffix('_total')}_per_second"
+    expanded = PrometheusAdapter.expand(rule, counter, "shop", ["cart-7d9f8b6c5-x2x8k", "cart-7d9f8b6c5-q4w7n"])
+    assert_promql_parses(tmp_path, {counter: expanded, f"series_{counter}": rule["seriesQuery"]})
+    if not label:
+        return
+    # The workload-wide p95: an external metric, one value for the whole workload; NaN (no traffic)
+    # never reaches the adapter, which would turn it into MinInt64 (external-provider/metric_converter.go).
+    external, = config["externalRules"]
+    assert external == {
+        "seriesQuery": f'{histogram}_bucket{{namespace!="",{label}!=""}}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}}},
+        "name": {"matches": "^(.*)_bucket$", "as": "${1}_p95"},
+        "metricsQuery": f"histogram_quantile(0.95, sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{latency}])) by (le)) >= 0"
+                        f" or sum(metricpact_contract_info{{<<.LabelMatchers>>}}) * 0",
+    }
+    expanded = PrometheusAdapter.expand_external(external, f"{histogram}_bucket", "shop", {label: "cart"})
+    assert expanded == (f'histogram_quantile(0.95, sum(rate({histogram}_bucket{{{label}="cart",namespace="shop"}}[{latency}]))'
+                        f' by (le)) >= 0 or sum(metricpact_contract_info{{{label}="cart",namespace="shop"}}) * 0')
+    assert_promql_parses(tmp_path, {"external": expanded, "external_series": external["seriesQuery"]})
     if "hpa.yaml" in r.texts:
-        hpa_metrics = [m["pods"]["metric"]["name"] for m in r.one("hpa.yaml")["spec"]["metrics"]]
-        assert set(hpa_metrics) <= set(names), (hpa_metrics, sorted(names))
+        hpa = r.one("hpa.yaml")["spec"]["metrics"]
+        assert [m["pods"]["metric"]["name"] for m in hpa if m["type"] == "Pods"] == [f"{counter.removesuffix('_total')}_per_second"]
+        assert [m["external"]["metric"]["name"] for m in hpa if m["type"] == "External"] == [f"{histogram}_p95"]
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[1] != "remote"], ids=case_id)
@@ -789,6 +870,8 @@ def test_hpa_and_scaled_object_follow_the_contract(rendered, case, tmp_path):
     behavior = camel_behavior(a.get("behavior"))
     target_ref = {"apiVersion": "apps/v1", "kind": expected.target_kind, "name": expected.target}
     p95_threshold = quantity(a["p95_latency_ms"] * expected.duration_unit_per_ms())
+    label = expected.workload_label()
+    assert label, "the shipped contracts with autoscaling select the workload by its label"
 
     hpa = r.one("hpa.yaml")
     assert hpa["apiVersion"] == "autoscaling/v2" and hpa["kind"] == "HorizontalPodAutoscaler"
@@ -798,35 +881,79 @@ def test_hpa_and_scaled_object_follow_the_contract(rendered, case, tmp_path):
         "metrics": [
             {"type": "Pods", "pods": {"metric": {"name": f"{counter.removesuffix('_total')}_per_second"},
                                       "target": {"type": "AverageValue", "averageValue": quantity(a["qps_per_pod"])}}},
-            {"type": "Pods", "pods": {"metric": {"name": f"{histogram}_p95"},
-                                      "target": {"type": "AverageValue", "averageValue": p95_threshold}}},
+            # One workload-wide p95 (the same quantity KEDA reads), not an average of per-pod p95s.
+            {"type": "External", "external": {
+                "metric": {"name": f"{histogram}_p95", "selector": {"matchLabels": {label: expected.target}}},
+                "target": {"type": "Value", "value": p95_threshold}}},
         ],
         "behavior": behavior,
     }
 
     keda = r.one("keda-scaledobject.yaml")
-    matchers = f'namespace="{expected.namespace}",pod=~"{expected.pod_regex()}"'
+    matchers = expected.workload_matchers()
+    reporting = f"sum(metricpact_contract_info{{{matchers}}}) * 0"
     rate, latency = expected.window("rate_window", "1m"), expected.window("latency_window", "2m")
     server = expected.arg("--prometheus-url") or a.get("prometheus_url", "http://prometheus.istio-system.svc:9090")
     assert keda["spec"] == {
         "scaleTargetRef": target_ref,
         "minReplicaCount": a["min_replicas"], "maxReplicaCount": a["max_replicas"],
+        # Missing metrics: after 3 failed reads keep the current replicas (never below the minimum).
+        "fallback": {"failureThreshold": 3, "replicas": a["min_replicas"], "behavior": "currentReplicasIfHigher"},
         "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior}},
         "triggers": [
             {"type": "prometheus", "name": "qps-per-pod", "metricType": "AverageValue", "metadata": {
-                "serverAddress": server, "threshold": quantity(a["qps_per_pod"]),
-                "query": f"sum(rate({counter}{{{matchers}}}[{rate}]))"}},
+                "serverAddress": server, "threshold": quantity(a["qps_per_pod"]), "ignoreNullValues": "false",
+                "query": f"sum(rate({counter}{{{matchers}}}[{rate}])) or {reporting}"}},
             {"type": "prometheus", "name": "p95-latency", "metricType": "Value", "metadata": {
-                "serverAddress": server, "threshold": p95_threshold,
-                "query": f"histogram_quantile(0.95, sum(rate({histogram}_bucket{{{matchers}}}[{latency}])) by (le)) >= 0"}},
+                "serverAddress": server, "threshold": p95_threshold, "ignoreNullValues": "false",
+                "query": f"histogram_quantile(0.95, sum(rate({histogram}_bucket{{{matchers}}}[{latency}])) by (le)) >= 0"
+                         f" or {reporting}"}},
         ],
     }
     assert_promql_parses(tmp_path, {t["name"]: t["metadata"]["query"] for t in keda["spec"]["triggers"]})
-    # The pod regex matches the workload's Deployment pods, and not other workloads' pods.
-    regex = re.compile(expected.pod_regex())
-    assert regex.fullmatch(f"{expected.target}-7d9f8b6c5-x2x8k")
-    assert not regex.fullmatch(f"{expected.target}x-7d9f8b6c5-x2x8k")
-    assert not regex.fullmatch(f"{expected.target}-canary-7d9f8b6c5-x2x8k")
+    assert "KEDA >= 2.18" in r.texts["keda-scaledobject.yaml"].splitlines()[0]
+
+
+def test_without_a_workload_label_check_warns_and_render_falls_back_to_a_pod_regex(tmp_path):
+    text = (ROOT / "contracts/http-server.yaml").read_text()
+    text, n = re.subn(r"^  - name: k8s_workload_name\n(    #.*\n)*    from: node\.WORKLOAD_NAME\n", "", text, flags=re.M)
+    assert n == 1
+    contract = tmp_path / "no-workload-label.yaml"
+    contract.write_text(text)
+    check = harness.run_cli("check", str(contract), check=False)
+    line = 2 + text.splitlines().index("autoscaling:")  # at the section's first key
+    assert check.returncode == 0 and check.stdout == (
+        f"{contract}:{line}:3: warning: no label takes its value from node.WORKLOAD_NAME alone, so the rendered "
+        "autoscalers select the workload's pods by a pod-name regex (which misses the pods of workloads named with "
+        "~47+ characters, whose generated names Kubernetes cuts) and the HPA gets no p95 metric; add "
+        "`{name: k8s_workload_name, from: node.WORKLOAD_NAME}` to `labels`\n"), check.stdout + check.stderr
+    r = render(contract, tmp_path / "out", "--namespace", "shop", "--workload", "cart")
+    regex = f"cart-{SUFFIX}{{1,10}}-{SUFFIX}{{5}}"
+    query = r.one("keda-scaledobject.yaml")["spec"]["triggers"][0]["metadata"]["query"]
+    assert query == (f'sum(rate(http_server_requests_total{{namespace="shop",pod=~"{regex}"}}[1m]))'
+                     f' or sum(metricpact_contract_info{{namespace="shop",pod=~"{regex}"}}) * 0')
+    assert [m["type"] for m in r.one("hpa.yaml")["spec"]["metrics"]] == ["Pods"]
+    assert "No p95 metric" in r.texts["hpa.yaml"]
+    assert "externalRules" not in r.one("prometheus-adapter-rules.yaml")
+    # The fallback regex matches the workload's Deployment pods, not another workload's.
+    pattern = re.compile(regex)
+    assert pattern.fullmatch("cart-7d9f8b6c5-x2x8k")
+    assert not pattern.fullmatch("cartx-7d9f8b6c5-x2x8k") and not pattern.fullmatch("cart-canary-7d9f8b6c5-x2x8k")
+
+
+@pytest.mark.parametrize("kind, api_version", [("Deployment", "apps/v1"), ("StatefulSet", "apps/v1"),
+                                               ("Rollout", "argoproj.io/v1alpha1")])
+def test_every_workload_kind_is_scaled_and_selected_by_its_workload_name(tmp_path, kind, api_version):
+    r = render(ROOT / "contracts/http-server.yaml", tmp_path, "--namespace", "shop", "--workload", "cart",
+               "--workload-kind", kind)
+    ref = {"apiVersion": api_version, "kind": kind, "name": "cart"}
+    assert r.one("hpa.yaml")["spec"]["scaleTargetRef"] == ref
+    assert r.one("keda-scaledobject.yaml")["spec"]["scaleTargetRef"] == ref
+    assert 'k8s_workload_name="cart"' in r.one("keda-scaledobject.yaml")["spec"]["triggers"][0]["metadata"]["query"]
+    assert f"patch {kind.lower()} cart" in r.texts["pod-annotations.yaml"]
+    bad = harness.run_cli("render", "--contract", str(ROOT / "contracts/http-server.yaml"), "--out", str(tmp_path / "x"),
+                          "--workload", "cart", "--workload-kind", "DaemonSet", check=False)
+    assert bad.returncode == 2 and "--workload-kind must be one of Deployment, StatefulSet, Rollout" in bad.stderr
 
 
 def test_render_needs_a_sha256_for_a_remote_module(tmp_path):
@@ -836,6 +963,38 @@ def test_render_needs_a_sha256_for_a_remote_module(tmp_path):
     result = harness.run_cli("render", "--contract", str(CONTRACTS[0]), "--out", str(tmp_path),
                              "--wasm-url", REMOTE_URL, "--wasm-sha256", "A" * 64, check=False)
     assert result.returncode == 2, result.stderr
+
+
+def test_the_pod_patch_keeps_the_pods_existing_proxy_config(tmp_path):
+    """proxy.istio.io/config is one string: a patch replaces it whole. With --proxy-config the
+    pod's current value is kept and metricpact's tags are added to its own extraStatTags."""
+    contract = ROOT / "contracts/http-server.yaml"
+    tags = Expected(contract, []).extra_stat_tags()
+    existing = ("holdApplicationUntilProxyStarts: true\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"
+                "extraStatTags:\n- grpc_method\n- http_route\n")
+    path = tmp_path / "proxy-config.yaml"
+    path.write_text(existing)
+    want = {"holdApplicationUntilProxyStarts": True, "proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "true"},
+            "extraStatTags": ["grpc_method", "http_route", *[t for t in tags if t != "http_route"]]}  # the pod's first
+    r = render(contract, tmp_path / "out", "--proxy-config", str(path))
+    assert yaml.safe_load(r.pod_annotations()["proxy.istio.io/config"]) == want
+    assert "holds the pod's existing ProxyConfig (--proxy-config)" in r.texts["pod-annotations.yaml"]
+    # From stdin, as `kubectl get ... -o jsonpath=...` pipes it; an empty value is no ProxyConfig.
+    result = subprocess.run([str(harness.CLI), "render", "--contract", str(contract), "--proxy-config", "-"],
+                            input=existing, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    patch = next(d for d in load_yaml_documents(result.stdout) if "spec" in d and "template" in d["spec"])
+    assert yaml.safe_load(patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]) == want
+    path.write_text("")
+    r = render(contract, tmp_path / "empty", "--proxy-config", str(path))
+    assert yaml.safe_load(r.pod_annotations()["proxy.istio.io/config"]) == {"extraStatTags": tags}
+    for text, message in [("- a\n- b\n", "the existing ProxyConfig must be a YAML mapping, found a list"),
+                          ("extraStatTags: grpc_method\n", "the existing ProxyConfig's extraStatTags must be a list, found a string"),
+                          ("a: [\n", "the existing ProxyConfig is not valid YAML")]:
+        path.write_text(text)
+        result = harness.run_cli("render", "--contract", str(contract), "--out", str(tmp_path / "bad"),
+                                 "--proxy-config", str(path), check=False)
+        assert result.returncode == 2 and f"{path}: {message}" in result.stderr, result.stderr
 
 
 # ================================================================ file mode
@@ -854,7 +1013,7 @@ def test_file_mode_objects_only_select_pods_that_mount_the_module(rendered, cont
     apply: see test_istio_e2e.py). So file-mode objects must select the annotated workload."""
     r, expected = rendered(contract, "default")
     assert expected.selector["metricpact.io/wasm"] == "mounted"
-    assert r.one("pod-annotations.yaml")["spec"]["template"]["metadata"]["labels"] == {"metricpact.io/wasm": "mounted"}
+    assert r.one("pod-annotations.yaml")["spec"]["template"]["metadata"]["labels"]["metricpact.io/wasm"] == "mounted"
     assert r.one("envoyfilter.yaml")["spec"]["workloadSelector"]["labels"]
     for file in ("wasmplugin.yaml", "trafficextension.yaml"):
         for doc in r.docs(file):
