@@ -212,10 +212,23 @@ fn missing_file_is_an_io_error() {
 
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["check", "--help"], &["compile", "--help"], &["envoy-stats", "--help"]] {
-        let out = metricpact(args);
-        assert!(out.status.success(), "{args:?}");
-        assert!(stdout(&out).contains("Usage: metricpact"), "{args:?}");
+    let top = metricpact(&["--help"]);
+    assert!(top.status.success() && stdout(&top).contains("Usage: metricpact"));
+    // Every subcommand the top-level help lists (so a new one cannot be left out here).
+    let listed: Vec<String> = stdout(&top)
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   ")) // a wrapped description, not a command
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert_eq!(listed, ["check", "compile", "envoy-stats", "render", "package", "schema", "verify", "diff", "rewrite"]);
+    for command in &listed {
+        let out = metricpact(&[command, "--help"]);
+        assert!(out.status.success(), "{command} --help");
+        assert!(stdout(&out).contains(&format!("Usage: metricpact {command}")), "{command} --help: {}", stdout(&out));
     }
 }
 
@@ -331,6 +344,24 @@ fn diff_names_the_autoscalers_that_select_by_the_workload_label() {
          \x20   breaks: KEDA triggers qps-per-pod and p95-latency (select k8s_workload_name=WORKLOAD)\n\
          \x20   breaks: prometheus-adapter external rule (seriesQuery k8s_workload_name!=\"\")\n\
          \x20   breaks: HPA External metric selector (k8s_workload_name)\n"
+    );
+}
+
+#[test]
+fn check_warns_about_rate_windows_shorter_than_four_scrapes() {
+    let file = temp_contract(
+        "short-window.yaml",
+        "format: metricpact/v1\nname: w\nversion: '1'\nworkload: {target: {name: w}}\nautoscaling:\n  qps_per_pod: 10\n  rate_window: 30s\n  latency_window: 1m\n",
+    );
+    let out = metricpact(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{}:7:16: warning: `30s` spans fewer than 4 scrapes at the 15 s interval the rendered scrape wiring uses: \
+             rate() then rests on a sample or two, and one missed scrape drops a pod from the sum; use 1m or more\n",
+            file.display()
+        )
     );
 }
 

@@ -109,6 +109,19 @@ fn is_label_key(s: &str) -> bool {
     !name.is_empty() && is_label_value(name)
 }
 
+/// The scrape interval of the rendered PodMonitor and of Istio's sample Prometheus (global).
+const SCRAPE_INTERVAL_SECONDS: u64 = 15;
+
+/// Seconds of a window `is_prometheus_window` accepts.
+fn window_seconds(s: &str) -> u64 {
+    let (digits, unit) = s.split_at(s.len() - 1);
+    digits.parse::<u64>().unwrap_or(0).saturating_mul(match unit {
+        "h" => 3600,
+        "m" => 60,
+        _ => 1,
+    })
+}
+
 /// A Prometheus duration as rate windows use it: `30s`, `1m`, `2h`.
 pub fn is_prometheus_window(s: &str) -> bool {
     let digits = s.trim_end_matches(['s', 'm', 'h']);
@@ -262,6 +275,15 @@ fn autoscaling(def: &Spanned<AutoscalingDef>, server: &PluginConfig, report: &mu
         w.as_ref().map_or(default.to_string(), |w| {
             if !is_prometheus_window(&w.value) {
                 report.error(&w.referenced, format!("`{}` is not a Prometheus duration such as 30s, 1m or 2h", w.value));
+            } else if window_seconds(&w.value) < 4 * SCRAPE_INTERVAL_SECONDS {
+                report.warn(
+                    &w.referenced,
+                    format!(
+                        "`{}` spans fewer than 4 scrapes at the {SCRAPE_INTERVAL_SECONDS} s interval the rendered scrape wiring uses: \
+                         rate() then rests on a sample or two, and one missed scrape drops a pod from the sum; use 1m or more",
+                        w.value
+                    ),
+                );
             }
             w.value.clone()
         })
@@ -338,5 +360,6 @@ mod tests {
         assert!(is_label_key("app.kubernetes.io/name") && is_label_key("app"));
         assert!(!is_label_key("-app") && !is_label_key("/app"));
         assert!(is_dns_label("shop") && !is_dns_label("Shop"));
+        assert_eq!([window_seconds("20s"), window_seconds("1m"), window_seconds("2h")], [20, 60, 7200]);
     }
 }

@@ -138,18 +138,34 @@ pub fn prometheus_rule(inputs: &Inputs) -> Rendered {
     }
 }
 
-/// prometheus-adapter's per-pod QPS rule (custom metrics, `rules:`).
+/// Every adapter rule discovers its metric from `metricpact_contract_info`, which each pod's
+/// filter reports from its start: the metric exists (0 for an idle pod) before the first
+/// request, and without waiting for the adapter's next relist once traffic comes. The traffic
+/// series a rule reads is named in its query.
+fn discovered_from_info(matchers: &str, resources: Value, name: &str, metrics_query: String) -> Value {
+    json!({
+        "seriesQuery": format!("{CONTRACT_INFO_METRIC}{{{matchers}}}"),
+        "resources": resources,
+        "name": {"matches": format!("^{CONTRACT_INFO_METRIC}$"), "as": name},
+        "metricsQuery": metrics_query,
+    })
+}
+
+/// prometheus-adapter's per-pod QPS rule (custom metrics, `rules:`): each pod's rate, 0 while
+/// its filter reports without traffic.
 pub fn adapter_rule_values(inputs: &Inputs) -> Vec<Value> {
     let (rate_window, _) = windows(inputs);
-    let resources = json!({"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}});
     let mut rules = Vec::new();
     if let Some(m) = &inputs.server.requests {
-        rules.push(json!({
-            "seriesQuery": format!("{}{{namespace!=\"\",pod!=\"\"}}", m.name),
-            "resources": resources,
-            "name": {"matches": "^(.*)_total$", "as": "${1}_per_second"},
-            "metricsQuery": format!("sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{rate_window}])) by (<<.GroupBy>>)"),
-        }));
+        rules.push(discovered_from_info(
+            "namespace!=\"\",pod!=\"\"",
+            json!({"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}),
+            &qps_metric_name(&m.name),
+            format!(
+                "sum(rate({}{{<<.LabelMatchers>>}}[{rate_window}])) by (<<.GroupBy>>) or sum({CONTRACT_INFO_METRIC}{{<<.LabelMatchers>>}}) by (<<.GroupBy>>) * 0",
+                m.name
+            ),
+        ));
     }
     rules
 }
@@ -160,12 +176,12 @@ pub fn adapter_rule_values(inputs: &Inputs) -> Vec<Value> {
 pub fn adapter_external_rule_values(inputs: &Inputs) -> Vec<Value> {
     let (_, latency_window) = windows(inputs);
     let (Some(d), Some(label)) = (&inputs.server.duration, workload_label(inputs.server)) else { return Vec::new() };
-    vec![json!({
-        "seriesQuery": format!("{}_bucket{{namespace!=\"\",{label}!=\"\"}}", d.name),
-        "resources": {"overrides": {"namespace": {"resource": "namespace"}}},
-        "name": {"matches": "^(.*)_bucket$", "as": "${1}_p95"},
-        "metricsQuery": p95_query("<<.Series>>", "<<.LabelMatchers>>", &latency_window),
-    })]
+    vec![discovered_from_info(
+        &format!("namespace!=\"\",{label}!=\"\""),
+        json!({"overrides": {"namespace": {"resource": "namespace"}}}),
+        &p95_metric_name(&d.name),
+        p95_query(&format!("{}_bucket", d.name), "<<.LabelMatchers>>", &latency_window),
+    )]
 }
 
 pub fn adapter_rules(inputs: &Inputs) -> Rendered {
@@ -285,8 +301,10 @@ pub fn keda(inputs: &Inputs) -> Rendered {
         file: "keda-scaledobject.yaml",
         comment: format!(
             "KEDA ScaledObject with Prometheus triggers (use this or hpa.yaml, not both). Needs KEDA >= {KEDA_MIN_VERSION}\n\
-             (fallback with a Value-type trigger). Missing metrics are an error, not 0: after\n\
-             {FALLBACK_FAILURE_THRESHOLD} failed reads KEDA keeps the current replica count (never fewer than {}).\n\
+             (fallback with a Value-type trigger). Missing metrics are an error, not 0: once more than\n\
+             {FALLBACK_FAILURE_THRESHOLD} reads in a row failed, KEDA keeps the current replica count (never fewer than {}).\n\
+             serverAddress {server_address} must be your Prometheus (contract autoscaling.prometheus_url,\n\
+             render --prometheus-url; Istio's sample: http://prometheus.istio-system.svc:9090).\n\
              kubectl apply -f keda-scaledobject.yaml; kubectl get hpa keda-hpa-<name>",
             a.min_replicas
         ),

@@ -355,7 +355,7 @@ pub fn pod_annotations(inputs: &Inputs) -> Result<Rendered, String> {
     Ok(Rendered {
         file: "pod-annotations.yaml",
         comment: format!(
-            "Pod-template patch: annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram{adds}.\n{existing}\nRead at sidecar start: apply, then let the pods restart.\nkubectl -n {namespace} patch {kind} {target} --patch-file pod-annotations.yaml"
+            "Pod-template patch: annotations that make Istio extract every label (extraStatTags) and bucket the\nduration histogram{adds}.\n{existing}\nRead at sidecar start: apply, then let the pods restart. (A JSON merge patch, which merges the annotation\nand label maps key by key and, unlike the default strategic merge, also works on a Rollout.)\nkubectl -n {namespace} patch {kind} {target} --type merge --patch-file pod-annotations.yaml"
         ),
         documents: vec![json!({"spec": {"template": template}})],
     })

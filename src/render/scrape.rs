@@ -31,6 +31,9 @@ pub const SIDECAR_STATS_PATH: &str = "/stats/prometheus";
 /// Ports whose scrape already holds the sidecar's stats: istio-agent's merged endpoint and
 /// Envoy's own.
 const SIDECAR_SCRAPE_PORTS: &str = "15020|15090";
+/// Scrape interval of the rendered PodMonitor (Istio's envoy-stats-monitor uses the same); the
+/// annotation-driven setups scrape at their global interval (15 s in Istio's sample).
+pub const SCRAPE_INTERVAL: &str = "15s";
 /// Name of the rendered scrape job (one per Prometheus: every render writes the same job).
 pub const SIDECAR_JOB: &str = "metricpact-sidecars";
 
@@ -72,8 +75,9 @@ pub fn prometheus_scrape_config(inputs: &Inputs) -> Option<Rendered> {
              metrics merging off, kubernetes-pods scrapes the app's metrics port named by the prometheus.io/*\n\
              annotations, and this job scrapes the sidecar's own stats (:15090, {SIDECAR_STATS_PORT_NAME}) of the pods\n\
              labelled {}={}. Add it once per Prometheus, to prometheus.yml's scrape_configs\n\
-             (kubectl -n istio-system edit configmap prometheus, key prometheus.yml; Helm chart `prometheus`: a new\n\
-             key under scrapeConfigs, or extraScrapeConfigs). Prometheus Operator users: podmonitor.yaml instead.",
+             (kubectl -n istio-system edit configmap prometheus, key prometheus.yml; Helm chart `prometheus`:\n\
+             extraScrapeConfigs, or from chart 28 (Istio >= 1.29's sample) a new key under scrapeConfigs).\n\
+             Prometheus Operator users: podmonitor.yaml instead.",
             SCRAPE_SIDECAR_LABEL.0, SCRAPE_SIDECAR_LABEL.1
         ),
         documents: vec![json!({"scrape_configs": [sidecar_scrape_job()]})],
@@ -91,10 +95,12 @@ pub fn pod_monitor(inputs: &Inputs) -> Option<Rendered> {
         "sourceLabels": ["__meta_kubernetes_pod_annotation_prometheus_io_port"],
         "regex": SIDECAR_SCRAPE_PORTS,
     }]);
-    let mut endpoints = vec![json!({"port": SIDECAR_STATS_PORT_NAME, "path": SIDECAR_STATS_PATH, "relabelings": guard})];
+    // Istio's monitor scrapes every 15 s too; the operator's default (30 s) would leave a 1m rate
+    // window two samples, and one missed scrape would drop a pod from the sum.
+    let mut endpoints = vec![json!({"port": SIDECAR_STATS_PORT_NAME, "path": SIDECAR_STATS_PATH, "interval": SCRAPE_INTERVAL, "relabelings": guard})];
     if let Some(port) = inputs.deployment.metrics_port {
         // By number: the app's port need not be named; it must be a declared containerPort.
-        endpoints.push(json!({"portNumber": port, "path": exposition.paths.first().cloned().unwrap_or_default()}));
+        endpoints.push(json!({"portNumber": port, "path": exposition.paths.first().cloned().unwrap_or_default(), "interval": SCRAPE_INTERVAL}));
     }
     let mut spec = json!({"selector": {"matchLabels": match_labels}, "podMetricsEndpoints": endpoints});
     if inputs.namespace() == MESH_NAMESPACE && inputs.namespace.is_none() {
@@ -108,8 +114,10 @@ pub fn pod_monitor(inputs: &Inputs) -> Option<Rendered> {
         comment: format!(
             "For Prometheus Operator (kube-prometheus-stack) with Istio's envoy-stats-monitor: with metrics merging\n\
              off, this PodMonitor scrapes the sidecar's stats ({SIDECAR_STATS_PORT_NAME}) and the app's metrics{} of the\n\
-             workload's pods; the pods carry istio-prometheus-ignore, so Istio's monitor skips them. Needs Prometheus\n\
-             Operator >= 0.79 (portNumber). Its labels must match your Prometheus' podMonitorSelector\n\
+             workload's pods; the pods carry istio-prometheus-ignore, so Istio's monitor skips them. Needs the PodMonitor\n\
+             CRD of Prometheus Operator >= 0.79 (portNumber; Helm does not upgrade CRDs: kubectl get crd\n\
+             podmonitors.monitoring.coreos.com -o jsonpath='{{.metadata.annotations.operator\\.prometheus\\.io/version}}').\n\
+             Its labels must match your Prometheus' podMonitorSelector\n\
              (kubectl get prometheus -A -o jsonpath='{{..podMonitorSelector}}'; render --monitor-label KEY=VALUE).\n\
              kubectl apply -f podmonitor.yaml  (instead of prometheus-scrape-config.yaml)",
             inputs.deployment.metrics_port.map_or(String::new(), |p| format!(" (port {p})"))

@@ -825,17 +825,21 @@ def test_adapter_rules_serve_the_metrics_the_hpa_asks_for(rendered, case, tmp_pa
     assert set(config) == ({"rules", "externalRules"} if label else {"rules"})
     counter, histogram = expected.plugin_config["requests"]["name"], expected.plugin_config["duration"]["name"]
     rate, latency = expected.window("rate_window", "1m"), expected.window("latency_window", "2m")
-    # Per-pod QPS: a custom (Pods) metric.
+    # Per-pod QPS: a custom (Pods) metric. Every rule discovers its metric from the info series,
+    # which a pod's filter reports from its start, and names the traffic series in its query.
+    info = "metricpact_contract_info"
+    qps_name = f"{counter.removesuffix('_total')}_per_second"
     rule, = config["rules"]
     assert rule == {
-        "seriesQuery": f'{counter}{{namespace!="",pod!=""}}',
+        "seriesQuery": f'{info}{{namespace!="",pod!=""}}',
         "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-        "name": {"matches": "^(.*)_total$", "as": "${1}_per_second"},
-        "metricsQuery": f"sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{rate}])) by (<<.GroupBy>>)",
+        "name": {"matches": f"^{info}$", "as": qps_name},
+        "metricsQuery": f"sum(rate({counter}{{<<.LabelMatchers>>}}[{rate}])) by (<<.GroupBy>>)"
+                        f" or sum({info}{{<<.LabelMatchers>>}}) by (<<.GroupBy>>) * 0",
     }
     pattern = re.compile(rule["name"]["matches"])
-    assert pattern.sub(go_template_replacement(rule["name"]["as"]), counter) == f"{counter.removesuffix('_total')}_per_second"
-    expanded = PrometheusAdapter.expand(rule, counter, "shop", ["cart-7d9f8b6c5-x2x8k", "cart-7d9f8b6c5-q4w7n"])
+    assert pattern.sub(go_template_replacement(rule["name"]["as"]), info) == qps_name
+    expanded = PrometheusAdapter.expand(rule, info, "shop", ["cart-7d9f8b6c5-x2x8k", "cart-7d9f8b6c5-q4w7n"])
     assert_promql_parses(tmp_path, {counter: expanded, f"series_{counter}": rule["seriesQuery"]})
     if not label:
         return
@@ -843,15 +847,15 @@ def test_adapter_rules_serve_the_metrics_the_hpa_asks_for(rendered, case, tmp_pa
     # never reaches the adapter, which would turn it into MinInt64 (external-provider/metric_converter.go).
     external, = config["externalRules"]
     assert external == {
-        "seriesQuery": f'{histogram}_bucket{{namespace!="",{label}!=""}}',
+        "seriesQuery": f'{info}{{namespace!="",{label}!=""}}',
         "resources": {"overrides": {"namespace": {"resource": "namespace"}}},
-        "name": {"matches": "^(.*)_bucket$", "as": "${1}_p95"},
-        "metricsQuery": f"histogram_quantile(0.95, sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{latency}])) by (le)) >= 0"
-                        f" or sum(metricpact_contract_info{{<<.LabelMatchers>>}}) * 0",
+        "name": {"matches": f"^{info}$", "as": f"{histogram}_p95"},
+        "metricsQuery": f"histogram_quantile(0.95, sum(rate({histogram}_bucket{{<<.LabelMatchers>>}}[{latency}])) by (le)) >= 0"
+                        f" or sum({info}{{<<.LabelMatchers>>}}) * 0",
     }
-    expanded = PrometheusAdapter.expand_external(external, f"{histogram}_bucket", "shop", {label: "cart"})
+    expanded = PrometheusAdapter.expand_external(external, info, "shop", {label: "cart"})
     assert expanded == (f'histogram_quantile(0.95, sum(rate({histogram}_bucket{{{label}="cart",namespace="shop"}}[{latency}]))'
-                        f' by (le)) >= 0 or sum(metricpact_contract_info{{{label}="cart",namespace="shop"}}) * 0')
+                        f' by (le)) >= 0 or sum({info}{{{label}="cart",namespace="shop"}}) * 0')
     assert_promql_parses(tmp_path, {"external": expanded, "external_series": external["seriesQuery"]})
     if "hpa.yaml" in r.texts:
         hpa = r.one("hpa.yaml")["spec"]["metrics"]
@@ -963,6 +967,39 @@ def test_render_needs_a_sha256_for_a_remote_module(tmp_path):
     result = harness.run_cli("render", "--contract", str(CONTRACTS[0]), "--out", str(tmp_path),
                              "--wasm-url", REMOTE_URL, "--wasm-sha256", "A" * 64, check=False)
     assert result.returncode == 2, result.stderr
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0].stem == "rest-api"], ids=case_id)
+def test_unmerged_pods_get_a_sidecar_scrape_in_each_prometheus_setup(rendered, case):
+    """With merging off nothing else scrapes the sidecar's :15090: render the job (annotation-driven
+    Prometheus) and the PodMonitor (Prometheus Operator) that do, for the labelled pods only."""
+    r, expected = rendered(*case)
+    port, path = expected.exposition_port(), expected.contract["exposition"]["paths"][0]
+    workload = {k: v for k, v in expected.selector.items() if k != "metricpact.io/wasm"}
+    monitor = r.one("podmonitor.yaml")
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    guard = [{"action": "drop", "sourceLabels": ["__meta_kubernetes_pod_annotation_prometheus_io_port"],
+              "regex": "15020|15090"}]
+    want = {"selector": {"matchLabels": {**workload, "metricpact.io/scrape-sidecar": "true"}},
+            "podMetricsEndpoints": [
+                {"port": "http-envoy-prom", "path": "/stats/prometheus", "interval": "15s", "relabelings": guard},
+                {"portNumber": port, "path": path, "interval": "15s"}]}
+    if expected.namespace == "istio-system" and not expected.arg("--namespace") and \
+            not (expected.contract.get("workload") or {}).get("namespace"):
+        want["namespaceSelector"] = {"any": True}
+    assert monitor["spec"] == want
+    # The scrape job is the same whatever the workload: one per Prometheus.
+    job, = r.one("prometheus-scrape-config.yaml")["scrape_configs"]
+    assert job["job_name"] == "metricpact-sidecars" and job["honor_labels"] is True
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}] and job["metrics_path"] == "/stats/prometheus"
+    rules = job["relabel_configs"]
+    assert rules[:4] == [
+        {"action": "keep", "source_labels": ["__meta_kubernetes_pod_label_metricpact_io_scrape_sidecar"], "regex": "true"},
+        {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "http-envoy-prom"},
+        {"action": "drop", "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port"], "regex": "15020|15090"},
+        {"action": "drop", "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "false"}]
+    other, _ = rendered(ROOT / "contracts/rest-api.yaml", "workload")
+    assert other.one("prometheus-scrape-config.yaml") == r.one("prometheus-scrape-config.yaml")
 
 
 def test_the_pod_patch_keeps_the_pods_existing_proxy_config(tmp_path):

@@ -331,9 +331,18 @@ def test_no_traffic_reads_zero_and_no_data_is_an_error(cluster, name):
         # The scrapes of the app's port pass the sidecar: requests, though no load had come yet.
         assert 0 < keda_metric(t["qps-per-pod"], cluster.before_load) <= len(c.pods) / SCRAPE_INTERVAL_S
     else:
-        # Before the load: the filter reported (its info series), no request had come: 0, not an error.
+        # Before the load: the filter reported (its info series), no request had come: 0, not an
+        # error -- for KEDA, and for the adapter, which finds its metrics from that series too.
         assert keda_metric(t["qps-per-pod"], cluster.before_load) == 0
         assert keda_metric(t["p95-latency"], cluster.before_load) == 0
+        config = c.rendered.one("prometheus-adapter-rules.yaml")
+        qps, p95 = c.rendered.one("hpa.yaml")["spec"]["metrics"]
+        pods = list(by_name(c))
+        assert PrometheusAdapter(c.prometheus, config["rules"]).pod_values(
+            qps["pods"]["metric"]["name"], c.namespace, pods, cluster.before_load) == {pod: 0 for pod in pods}
+        metric = p95["external"]["metric"]
+        assert PrometheusAdapter(c.prometheus, config["externalRules"]).external_value(
+            metric["name"], c.namespace, metric["selector"]["matchLabels"], cluster.before_load) == [0]
     # A workload whose metrics are missing altogether: an error, so KEDA falls back instead of
     # scaling down (with KEDA's default ignoreNullValues=true the same query would read 0).
     for trigger in t.values():
