@@ -42,7 +42,7 @@ impl HeaderPairs {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, exposition: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, exposition: None, info: None, contract: String::new() }) });
 }}
 
 /// Envoy's stats, through the proxy-wasm metric hostcalls.
@@ -73,28 +73,21 @@ impl MetricHost for EnvoyStats {
         if let Ok((Some(_), _)) = host::shared_data(&member_key) {
             return true;
         }
-        let count_key = format!("metricpact.{scope}.count");
-        for _ in 0..16 {
-            let (count, cas) = match host::shared_data(&count_key) {
-                Ok((data, cas)) => (data.and_then(|d| <[u8; 4]>::try_from(d.as_slice()).ok()).map_or(0, u32::from_le_bytes), cas),
-                // Shared data unavailable: fail open on the budget, never on the request.
-                Err(_) => return true,
-            };
-            if count >= max {
-                return false;
+        match host::shared_add(&format!("metricpact.{scope}.count"), 1, max) {
+            host::Added::Stored => {
+                host::set_shared_data(&member_key, b"1", 0);
+                true
             }
-            match host::set_shared_data(&count_key, &(count + 1).to_le_bytes(), cas) {
-                host::SetOutcome::Stored => {
-                    host::set_shared_data(&member_key, b"1", 0);
-                    return true;
-                }
-                host::SetOutcome::CasMismatch => continue,
-                host::SetOutcome::Failed => return true,
-            }
+            host::Added::Full => false,
+            // Shared data unavailable: fail open on the budget, never on the request.
+            host::Added::Unavailable => true,
         }
-        false
     }
 }
+
+/// Shared-data key holding the contract-info series of the configuration configured last (by any
+/// VM with our vm_id).
+const LATEST_INFO_KEY: &str = "metricpact.info.latest";
 
 thread_local! {
     /// The VM-memory gauge's id, and the memory size (pages) this VM last reported.
@@ -129,6 +122,10 @@ fn property_i64(path: &[&str]) -> Option<i64> {
 struct Root {
     engine: Option<Rc<RefCell<Engine>>>,
     exposition: Option<Rc<Exposition>>,
+    /// The contract-info series this configuration reports: (stat name, metric id).
+    info: Option<(String, u32)>,
+    /// `name version (hash)` of the loaded contract, for the log.
+    contract: String,
 }
 
 /// The app-exposition rewrite and its self-metric ids.
@@ -162,7 +159,23 @@ impl Exposition {
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// The configuration is torn down (an ECDS/LDS update replaced it): its contract-info series
+    /// goes to 0, unless the configuration that replaced it reports the same series (the same
+    /// contract applied again), which must stay 1. Not every VM's root context is told (Envoy's
+    /// main-thread ones live on), so this decides by the latest configuration, not by a count.
+    fn on_done(&mut self) -> bool {
+        if let Some((name, id)) = self.info.take() {
+            let latest = host::shared_data(LATEST_INFO_KEY).ok().and_then(|(data, _)| data);
+            let replaced = latest.as_deref() != Some(name.as_bytes());
+            if replaced {
+                host::record_metric(id, 0);
+            }
+            log::info!("metricpact: contract {} unloaded{}", self.contract, if replaced { "" } else { " (still configured)" });
+        }
+        true
+    }
+}
 
 /// How often a VM with running migrations looks at the clock for their sunsets.
 const MIGRATION_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
@@ -222,17 +235,17 @@ impl RootContext for Root {
         match Engine::new(&config, &node) {
             Ok(mut engine) => {
                 engine.define_self_metrics(&mut EnvoyStats);
+                if let Some((name, id)) = engine.contract_info() {
+                    host::set_shared_data(LATEST_INFO_KEY, name.as_bytes(), 0);
+                    self.info = Some((name.to_string(), id));
+                }
                 let gauge = EnvoyStats.define(MetricKind::Gauge, crate::telemetry::VM_MEMORY_METRIC);
                 MEMORY_GAUGE.with(|g| g.set((gauge, 0)));
                 report_memory();
                 self.engine = Some(Rc::new(RefCell::new(engine)));
                 self.end_migrations();
-                log::info!(
-                    "metricpact: contract {} {} ({}) loaded",
-                    config.contract.name,
-                    config.contract.version,
-                    config.contract.hash
-                );
+                self.contract = format!("{} {} ({})", config.contract.name, config.contract.version, config.contract.hash);
+                log::info!("metricpact: contract {} loaded", self.contract);
                 true
             }
             Err(e) => {

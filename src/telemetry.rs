@@ -208,6 +208,8 @@ pub struct Engine {
     duration_old: Option<OldName>,
     active_old: Option<OldName>,
     label_aliases: Vec<LabelAlias>,
+    /// The contract-info series: (stat name, metric id).
+    contract_info: Option<(String, u32)>,
 }
 
 impl Engine {
@@ -329,6 +331,7 @@ impl Engine {
             duration_old: old_name(config.duration.as_ref().map(|m| &m.name)),
             active_old: old_name(config.active_requests.as_ref().map(|m| &m.name)),
             label_aliases,
+            contract_info: None,
         })
     }
 
@@ -402,6 +405,7 @@ impl Engine {
         let info = format!("{CONTRACT_INFO_METRIC}.{}", encode_tags(&tags));
         if let Some(id) = host.define(MetricKind::Gauge, &info) {
             host.record(id, 1);
+            self.contract_info = Some((info, id));
         }
         for label in &mut self.labels {
             if label.static_id.is_none() {
@@ -419,6 +423,11 @@ impl Engine {
         if let Some(metric) = &self.active {
             self.active_overflow_counter = overflow_counter(host, metric);
         }
+    }
+
+    /// The contract-info series (stat name, metric id), once defined.
+    pub fn contract_info(&self) -> Option<(&str, u32)> {
+        self.contract_info.as_ref().map(|(name, id)| (name.as_str(), *id))
     }
 
     /// Whether requests need timing (the duration histogram is enabled).

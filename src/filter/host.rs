@@ -122,6 +122,38 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SetOutcome {
     }
 }
 
+/// What adding to a counter in shared data did.
+pub enum Added {
+    /// The counter holds the sum now.
+    Stored,
+    /// The addition would have taken it above the limit: unchanged.
+    Full,
+    /// Shared data refused the read or write (or kept changing under us).
+    Unavailable,
+}
+
+/// Adds `delta` to the little-endian u32 counter at `key` in Envoy's shared data (visible to
+/// every VM with our vm_id), by compare-and-swap, unless the result would exceed `max`; a
+/// missing counter is 0, and the result never goes below 0.
+pub fn shared_add(key: &str, delta: i64, max: u32) -> Added {
+    for _ in 0..16 {
+        let (count, cas) = match shared_data(key) {
+            Ok((data, cas)) => (data.and_then(|d| <[u8; 4]>::try_from(d.as_slice()).ok()).map_or(0, u32::from_le_bytes), cas),
+            Err(()) => return Added::Unavailable,
+        };
+        let next = (i64::from(count) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+        if delta > 0 && next > max {
+            return Added::Full;
+        }
+        match set_shared_data(key, &next.to_le_bytes(), cas) {
+            SetOutcome::Stored => return Added::Stored,
+            SetOutcome::CasMismatch => continue,
+            SetOutcome::Failed => return Added::Unavailable,
+        }
+    }
+    Added::Unavailable
+}
+
 pub fn define_metric(kind: u32, name: &str) -> Option<u32> {
     let mut id = 0;
     (unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) } == OK).then_some(id)
