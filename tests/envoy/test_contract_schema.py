@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from harness import ROOT
+from harness import ROOT, run_cli
 
 SCHEMA = json.loads((ROOT / "contracts/metricpact.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -28,8 +28,13 @@ def test_every_contract_validates_against_the_schema(path):
     (lambda c: c["cardinality"].update(max_series="lots"), "'lots' is not of type 'integer'"),
     (lambda c: c.pop("name"), "'name' is a required property"),
 ])
-def test_the_schema_rejects_what_check_rejects(mutation, message):
+def test_the_schema_rejects_what_check_rejects(tmp_path, mutation, message):
     contract = yaml.safe_load((ROOT / "contracts/http-server.yaml").read_text())
     mutation(contract)
     errors = [e.message for e in VALIDATOR.iter_errors(contract)]
     assert any(message in e for e in errors), errors
+    # And check rejects the same contract (exit 1, an error finding), so editor and CI agree.
+    path = tmp_path / "mutated.yaml"
+    path.write_text(yaml.safe_dump(contract, sort_keys=False))
+    result = run_cli("check", str(path), check=False)
+    assert result.returncode == 1 and ": error: " in result.stdout, result.stdout + result.stderr
