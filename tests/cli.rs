@@ -365,6 +365,94 @@ fn check_warns_about_rate_windows_shorter_than_four_scrapes() {
     );
 }
 
+/// The shipped default contract with `edit` applied to its text.
+fn default_contract_with(name: &str, edit: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml")).unwrap();
+    for (from, to) in edit {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    temp_contract(name, &text)
+}
+
+fn line_of(file: &Path, needle: &str) -> usize {
+    1 + std::fs::read_to_string(file).unwrap().lines().position(|l| l.contains(needle)).unwrap()
+}
+
+#[test]
+fn check_warns_when_the_p95_threshold_is_not_a_bucket_bound() {
+    let file = default_contract_with("p95-between.yaml", &[("p95_latency_ms: 250 ", "p95_latency_ms: 300 ")]);
+    let out = metricpact(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{}:{}:19: warning: p95_latency_ms 300 (300 milliseconds) falls inside the bucket (250, 500], so \
+             histogram_quantile can only guess which side of it the p95 is; add 300 to metrics.duration.buckets (or use \
+             `histogram: native`)\n",
+            file.display(),
+            line_of(&file, "p95_latency_ms: 300")
+        )
+    );
+    // A bound at the threshold, or native histograms: nothing to say.
+    let bound = default_contract_with("p95-bound.yaml", &[("p95_latency_ms: 250 ", "p95_latency_ms: 500 ")]);
+    assert_eq!(stdout(&metricpact(&["check", bound.to_str().unwrap()])), "");
+    // Native: no bucket to decide it -- but whole milliseconds go to the zero bucket below 1 ms.
+    let native = default_contract_with("p95-native.yaml", &[("p95_latency_ms: 250 ", "p95_latency_ms: 300 "), ("histogram: classic", "histogram: native")]);
+    let out = metricpact(&["check", native.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{}:{}:16: warning: native histograms put every value within 0.5 of zero into the zero bucket, and Envoy \
+             records whole milliseconds: requests faster than 1 ms all count as 0 (a p50 of a fast service reads 0); \
+             `unit: microseconds` keeps them apart\n",
+            native.display(),
+            line_of(&native, "histogram: native")
+        )
+    );
+}
+
+#[test]
+fn diff_calls_a_switch_to_native_histograms_breaking_and_both_a_safe_step() {
+    let classic = default_contract_with("hist-classic.yaml", &[]);
+    let native = default_contract_with("hist-native.yaml", &[("histogram: classic", "histogram: native")]);
+    let both = default_contract_with("hist-both.yaml", &[("histogram: classic", "histogram: both")]);
+    let run = |a: &Path, b: &Path| {
+        let out = metricpact(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
+        (out.status.code(), stdout(&out))
+    };
+    let h = "http_server_request_duration_milliseconds";
+    assert_eq!(
+        run(&classic, &native),
+        (
+            Some(1),
+            format!(
+                "breaking: [histogram-now-native] `{h}` is stored as a native histogram only: its `_bucket` series are gone, so \
+                 queries with `_bucket` and `by (le)` find nothing; move over with `histogram: both` first (both shapes are \
+                 stored), then `native`\n\
+                 \x20   breaks: KEDA trigger p95-latency ({h}_bucket)\n\
+                 \x20   breaks: prometheus-adapter external rule {h}_bucket -> {h}_p95\n\
+                 \x20   breaks: HPA External metric {h}_p95\n\
+                 \x20   breaks: recording rule namespace_pod:{h}:p95_*\n"
+            )
+        )
+    );
+    assert_eq!(
+        run(&classic, &both),
+        (
+            Some(0),
+            format!(
+                "compatible: [histogram-mode-changed] `{h}` is now stored as classic and native histograms (both): the existing \
+                 series stay; rendered queries read the native one\n"
+            )
+        )
+    );
+    assert_eq!(run(&native, &classic).0, Some(1));
+    assert!(run(&native, &classic).1.starts_with("breaking: [histogram-now-classic]"));
+    assert_eq!(run(&both, &native).0, Some(1));
+}
+
 /// The shipped default contract with its request counter and `url_scheme` label renamed, the
 /// renames declared as migrations ending on `sunset`; returns the file and the sunset's line.
 fn migrating_contract(name: &str, sunset: &str) -> (PathBuf, usize) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_saphyr::Spanned;
 
-use super::model::{AutoscalingDef, Contract, PolicyKindDef, ScalingRulesDef, SelectPolicyDef};
+use super::model::{AutoscalingDef, Contract, HistogramModeDef, PolicyKindDef, ScalingRulesDef, SelectPolicyDef};
 use crate::config::{DurationSpec, MetricSpec, PluginConfig};
 use crate::names;
 
@@ -22,6 +22,36 @@ pub struct Deployment {
     pub autoscaling: Option<Autoscaling>,
     /// The app's metrics port, when the contract rewrites the app's exposition.
     pub metrics_port: Option<u16>,
+    /// How Prometheus stores the duration histogram (the filter records it the same way).
+    pub histogram: HistogramMode,
+}
+
+/// Classic (`_bucket` series) or native (exponential) duration histograms in Prometheus.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HistogramMode {
+    #[default]
+    Classic,
+    Native,
+    /// Both, while queries move from the classic series to the native ones.
+    Both,
+}
+
+impl HistogramMode {
+    /// Whether the sidecar's stats are scraped for native histograms.
+    pub fn native(self) -> bool {
+        self != HistogramMode::Classic
+    }
+    /// Whether the rendered queries read the native histogram.
+    pub fn queries_native(self) -> bool {
+        self != HistogramMode::Classic
+    }
+    pub fn word(self) -> &'static str {
+        match self {
+            HistogramMode::Classic => "classic",
+            HistogramMode::Native => "native",
+            HistogramMode::Both => "both",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -129,10 +159,28 @@ pub fn is_prometheus_window(s: &str) -> bool {
 }
 
 pub fn lower(contract: &Contract, server: &PluginConfig, report: &mut dyn Report) -> Deployment {
+    let duration = contract.metrics.duration.as_ref();
+    let histogram = duration.and_then(|d| d.value.histogram.as_ref()).map_or(HistogramMode::Classic, |h| match h.value {
+        HistogramModeDef::Classic => HistogramMode::Classic,
+        HistogramModeDef::Native => HistogramMode::Native,
+        HistogramModeDef::Both => HistogramMode::Both,
+    });
+    if let (Some(h), Some(d)) = (duration.and_then(|d| d.value.histogram.as_ref()), &server.duration) {
+        if histogram.native() && d.unit == crate::config::DurationUnit::Milliseconds {
+            report.warn(
+                &h.referenced,
+                "native histograms put every value within 0.5 of zero into the zero bucket, and Envoy records whole \
+                 milliseconds: requests faster than 1 ms all count as 0 (a p50 of a fast service reads 0); \
+                 `unit: microseconds` keeps them apart"
+                    .into(),
+            );
+        }
+    }
     Deployment {
+        histogram,
         client: client_config(contract, server, report),
         workload: workload(contract, report),
-        autoscaling: contract.autoscaling.as_ref().and_then(|a| autoscaling(a, server, report)),
+        autoscaling: contract.autoscaling.as_ref().and_then(|a| autoscaling(a, server, histogram, report)),
         metrics_port: contract.exposition.as_ref().and_then(|e| {
             let port = e.value.port.as_ref()?;
             if port.value == 0 {
@@ -227,7 +275,16 @@ fn workload(contract: &Contract, report: &mut dyn Report) -> Workload {
     }
 }
 
-fn autoscaling(def: &Spanned<AutoscalingDef>, server: &PluginConfig, report: &mut dyn Report) -> Option<Autoscaling> {
+/// A number as the contract writes it (`120`, `2.5`).
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+fn autoscaling(def: &Spanned<AutoscalingDef>, server: &PluginConfig, histogram: HistogramMode, report: &mut dyn Report) -> Option<Autoscaling> {
     let at = def.referenced;
     let def = &def.value;
     let min = def.min_replicas.as_ref().map_or(1, |m| m.value);
@@ -259,6 +316,32 @@ fn autoscaling(def: &Spanned<AutoscalingDef>, server: &PluginConfig, report: &mu
     }
     if let (Some(v), None) = (&def.p95_latency_ms, &server.duration) {
         report.error(&v.referenced, "p95_latency_ms needs the duration histogram, which is disabled".into());
+    }
+    if let (Some(v), Some(d), HistogramMode::Classic) = (&def.p95_latency_ms, &server.duration, histogram) {
+        // histogram_quantile interpolates inside the bucket that holds the 95th percentile: only
+        // a bound at the threshold decides "above or below" from the counts themselves.
+        let threshold = v.value * d.unit.per_second() / 1000.0;
+        if v.value.is_finite() && v.value > 0.0 && !d.buckets.iter().any(|b| (b - threshold).abs() < 1e-9) {
+            let below = d.buckets.iter().copied().filter(|b| *b < threshold).fold(None, |_, b| Some(b));
+            let above = d.buckets.iter().copied().find(|b| *b > threshold);
+            let inside = match (below, above) {
+                (Some(lo), Some(hi)) => format!("inside the bucket ({}, {}]", number(lo), number(hi)),
+                (None, Some(hi)) => format!("inside the first bucket (0, {}]", number(hi)),
+                (Some(lo), None) => format!("above the last bound {}", number(lo)),
+                (None, None) => "with no bucket bounds".to_string(),
+            };
+            report.warn(
+                &v.referenced,
+                format!(
+                    "p95_latency_ms {} ({} {}) falls {inside}, so histogram_quantile can only guess which side of it the \
+                     p95 is; add {} to metrics.duration.buckets (or use `histogram: native`)",
+                    number(v.value),
+                    number(threshold),
+                    d.unit.word(),
+                    number(threshold)
+                ),
+            );
+        }
     }
     if crate::render::autoscaling::workload_label(server).is_none() {
         report.warn(

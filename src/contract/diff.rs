@@ -4,7 +4,7 @@
 
 use crate::config::{LabelSpec, Migration, MigrationKind, PluginConfig, RouteMatch};
 
-use super::deploy::Deployment;
+use super::deploy::{Deployment, HistogramMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Impact {
@@ -33,9 +33,15 @@ fn qps_consumers(name: &str) -> Vec<String> {
 }
 
 fn latency_consumers(name: &str) -> Vec<String> {
+    latency_consumers_of(name, false)
+}
+
+/// What reads the duration histogram: of its classic `_bucket` series or of the native one.
+fn latency_consumers_of(name: &str, native: bool) -> Vec<String> {
+    let series = if native { format!("{name} (native)") } else { format!("{name}_bucket") };
     vec![
-        format!("KEDA trigger p95-latency ({name}_bucket)"),
-        format!("prometheus-adapter external rule {name}_bucket -> {}", crate::render::autoscaling::p95_metric_name(name)),
+        format!("KEDA trigger p95-latency ({series})"),
+        format!("prometheus-adapter external rule {series} -> {}", crate::render::autoscaling::p95_metric_name(name)),
         format!("HPA External metric {}", crate::render::autoscaling::p95_metric_name(name)),
         format!("recording rule namespace_pod:{name}:p95_*"),
     ]
@@ -113,7 +119,31 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
         if o.name == n.name && o.unit != n.unit {
             d.push(Impact::Breaking, "unit-changed", format!("`{}` now records {} instead of {}: latency thresholds change meaning", n.name, n.unit.word(), o.unit.word()), latency_consumers(&n.name));
         }
-        if o.name == n.name && o.buckets != n.buckets {
+        let (was, is) = (old_deploy.histogram, new_deploy.histogram);
+        let classic = |m: HistogramMode| m != HistogramMode::Native;
+        if o.name == n.name && classic(was) && !classic(is) {
+            d.push(
+                Impact::Breaking,
+                "histogram-now-native",
+                format!("`{}` is stored as a native histogram only: its `_bucket` series are gone, so queries with `_bucket` and `by (le)` find nothing; move over with `histogram: both` first (both shapes are stored), then `native`", n.name),
+                latency_consumers_of(&n.name, false),
+            );
+        } else if o.name == n.name && was.native() && !is.native() {
+            d.push(
+                Impact::Breaking,
+                "histogram-now-classic",
+                format!("`{}` is no longer stored as a native histogram: queries on the native histogram find nothing", n.name),
+                latency_consumers_of(&n.name, true),
+            );
+        } else if o.name == n.name && was != is {
+            d.push(
+                Impact::Compatible,
+                "histogram-mode-changed",
+                format!("`{}` is now stored as {} histograms ({}): the existing series stay; rendered queries read the native one", n.name, if is == HistogramMode::Both { "classic and native" } else { "native" }, is.word()),
+                vec![],
+            );
+        }
+        if o.name == n.name && o.buckets != n.buckets && classic(was) && classic(is) {
             d.push(Impact::Breaking, "buckets-changed", format!("`{}` bucket bounds changed: p95 over windows that span the change is wrong, and bucket-based alerts lose their `le`", n.name), latency_consumers(&n.name));
         }
     }

@@ -459,6 +459,22 @@ pub struct DurationDef {
     #[serde(default)]
     #[schemars(with = "Option<Vec<f64>>")]
     pub buckets: Option<Spanned<Vec<Spanned<f64>>>>,
+    /// How Prometheus stores it: `classic` (default: `_bucket` series at `buckets`; a quantile is
+    /// interpolated inside its bucket), `native` (exponential buckets from Envoy's own
+    /// histogram, scraped as protobuf from the sidecar's :15090; a p95 close to the truth
+    /// whatever the buckets; needs Prometheus with native histograms on), or `both` (the
+    /// classic series stay beside the native ones, for moving queries over).
+    #[serde(default)]
+    #[schemars(with = "Option<HistogramModeDef>")]
+    pub histogram: Option<Spanned<HistogramModeDef>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HistogramModeDef {
+    Classic,
+    Native,
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -78,13 +78,16 @@ pub fn qps_query(counter: &str, matchers: &str, window: &str) -> String {
     format!("sum(rate({counter}{{{matchers}}}[{window}])) or {}", zero_while_reporting(matchers))
 }
 
-/// The workload-wide p95 (one histogram over all its pods, not an average of per-pod p95s).
-/// Without traffic `histogram_quantile` is NaN: `>= 0` drops it and the info series answers 0.
-pub fn p95_query(buckets: &str, matchers: &str, window: &str) -> String {
-    format!(
-        "histogram_quantile({QUANTILE}, sum(rate({buckets}{{{matchers}}}[{window}])) by (le)) >= 0 or {}",
-        zero_while_reporting(matchers)
-    )
+/// The workload-wide p95 (one histogram over all its pods, not an average of per-pod p95s), of
+/// the classic `_bucket` series or of the native histogram. Without traffic `histogram_quantile`
+/// is NaN: `>= 0` drops it and the info series answers 0.
+pub fn p95_query(histogram: &str, native: bool, matchers: &str, window: &str) -> String {
+    let quantile = if native {
+        format!("histogram_quantile({QUANTILE}, sum(rate({histogram}{{{matchers}}}[{window}])))")
+    } else {
+        format!("histogram_quantile({QUANTILE}, sum(rate({histogram}_bucket{{{matchers}}}[{window}])) by (le))")
+    };
+    format!("{quantile} >= 0 or {}", zero_while_reporting(matchers))
 }
 
 pub fn keda_qps_query(inputs: &Inputs, target: &Target, counter: &str, window: &str) -> String {
@@ -92,7 +95,7 @@ pub fn keda_qps_query(inputs: &Inputs, target: &Target, counter: &str, window: &
 }
 
 pub fn keda_p95_query(inputs: &Inputs, target: &Target, histogram: &str, window: &str) -> String {
-    p95_query(&format!("{histogram}_bucket"), &workload_matchers(inputs, target), window)
+    p95_query(histogram, inputs.deployment.histogram.queries_native(), &workload_matchers(inputs, target), window)
 }
 
 fn recording_rule_groups(inputs: &Inputs) -> Value {
@@ -108,7 +111,11 @@ fn recording_rule_groups(inputs: &Inputs) -> Value {
     if let Some(d) = &inputs.server.duration {
         rules.push(json!({
             "record": format!("namespace_pod:{}:p95_{latency_window}", d.name),
-            "expr": format!("histogram_quantile({QUANTILE}, sum by (namespace, pod, le) (rate({}_bucket[{latency_window}])))", d.name),
+            "expr": if inputs.deployment.histogram.queries_native() {
+                format!("histogram_quantile({QUANTILE}, sum by (namespace, pod) (rate({}[{latency_window}])))", d.name)
+            } else {
+                format!("histogram_quantile({QUANTILE}, sum by (namespace, pod, le) (rate({}_bucket[{latency_window}])))", d.name)
+            },
         }));
     }
     json!([{"name": format!("metricpact-{}", inputs.server.contract.name), "rules": rules}])
@@ -180,7 +187,7 @@ pub fn adapter_external_rule_values(inputs: &Inputs) -> Vec<Value> {
         &format!("namespace!=\"\",{label}!=\"\""),
         json!({"overrides": {"namespace": {"resource": "namespace"}}}),
         &p95_metric_name(&d.name),
-        p95_query(&format!("{}_bucket", d.name), "<<.LabelMatchers>>", &latency_window),
+        p95_query(&d.name, inputs.deployment.histogram.queries_native(), "<<.LabelMatchers>>", &latency_window),
     )]
 }
 

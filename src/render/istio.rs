@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use super::{plugin_config_object, plugin_config_string, Inputs, Rendered, WasmSource, DEFAULT_WASM_DIR};
+use crate::contract::deploy::HistogramMode;
 use crate::config::PluginConfig;
 use crate::envoy_stats::WASM_CUSTOM_PREFIX;
 
@@ -280,23 +281,34 @@ fn json_kind(value: &Value) -> &'static str {
 
 /// Pod label that opts a pod whose metrics merging is off into the rendered sidecar-stats scrape
 /// (`prometheus-scrape-config.yaml`, `podmonitor.yaml`): nobody else scrapes its :15090 then.
-pub const SCRAPE_SIDECAR_LABEL: (&str, &str) = ("metricpact.io/scrape-sidecar", "true");
+/// Its value says how: [`scrape_sidecar_value`].
+pub const SCRAPE_SIDECAR_LABEL: &str = "metricpact.io/scrape-sidecar";
+
+/// `true`: the sidecar's stats as text; `native`: as protobuf with native histograms (the
+/// merged :15020 endpoint only ever asks Envoy for text); `both`: text, plus the duration
+/// histogram once more as a native one.
+pub fn scrape_sidecar_value(mode: HistogramMode) -> &'static str {
+    match mode {
+        HistogramMode::Classic => "true",
+        HistogramMode::Native => "native",
+        HistogramMode::Both => "both",
+    }
+}
 /// Pod label Istio's `envoy-stats-monitor` PodMonitor skips pods by
 /// (samples/addons/extras/prometheus-operator.yaml): with merging off it would fetch
 /// `APP_PORT/stats/prometheus`, which is the app's, not Envoy's.
 pub const ISTIO_MONITOR_IGNORE_LABEL: (&str, &str) = ("istio-prometheus-ignore", "true");
 
 /// The labels the pod-template patch adds: the mount marker (local-file mode) and, when metrics
-/// merging is off for the exposition rewrite, the scrape markers.
+/// merging is off (exposition rewrite, native histograms), the scrape markers.
 pub fn pod_template_labels(inputs: &Inputs) -> std::collections::BTreeMap<String, String> {
     let mut labels = std::collections::BTreeMap::new();
     if let WasmSource::File(_) = inputs.wasm {
         labels.insert(MOUNTED_LABEL.0.to_string(), MOUNTED_LABEL.1.to_string());
     }
-    if inputs.server.exposition.is_some() {
-        for (k, v) in [SCRAPE_SIDECAR_LABEL, ISTIO_MONITOR_IGNORE_LABEL] {
-            labels.insert(k.to_string(), v.to_string());
-        }
+    if inputs.unmerged() {
+        labels.insert(SCRAPE_SIDECAR_LABEL.to_string(), scrape_sidecar_value(inputs.deployment.histogram).to_string());
+        labels.insert(ISTIO_MONITOR_IGNORE_LABEL.0.to_string(), ISTIO_MONITOR_IGNORE_LABEL.1.to_string());
     }
     labels
 }
@@ -315,14 +327,18 @@ pub fn pod_annotations(inputs: &Inputs) -> Result<Rendered, String> {
             json!(json!({"metricpact-wasm": {"mountPath": DEFAULT_WASM_DIR, "readOnly": true}}).to_string()),
         );
     }
-    if let Some(exposition) = &inputs.server.exposition {
-        // The app's own /metrics must reach the sidecar: with merging on, istio-agent scrapes the
-        // app over localhost and bypasses Envoy. Per pod, never mesh-wide: merging off removes
-        // the istio_* metrics of every workload it applies to. The prometheus.io annotations then
-        // point Prometheus at the app's port (through the sidecar, which rewrites the body); the
-        // sidecar's own stats are scraped on :15090 by the rendered scrape job / PodMonitor,
-        // which select the scrape-sidecar label.
+    if inputs.unmerged() {
+        // The app's own /metrics must reach the sidecar (with merging on, istio-agent scrapes the
+        // app over localhost and bypasses Envoy), and native histograms need a protobuf scrape of
+        // Envoy (istio-agent's merge asks it for text only). Per pod, never mesh-wide: merging off
+        // removes the istio_* metrics of every workload it applies to. The sidecar's own stats
+        // are then scraped on :15090 by the rendered scrape job / PodMonitor, which select the
+        // scrape-sidecar label.
         annotations.insert("prometheus.istio.io/merge-metrics".into(), json!("false"));
+    }
+    if let Some(exposition) = &inputs.server.exposition {
+        // The prometheus.io annotations point Prometheus at the app's port, through the sidecar,
+        // which rewrites the body.
         if let Some(port) = inputs.deployment.metrics_port {
             annotations.insert("prometheus.io/scrape".into(), json!("true"));
             annotations.insert("prometheus.io/port".into(), json!(port.to_string()));
@@ -345,6 +361,8 @@ pub fn pod_annotations(inputs: &Inputs) -> Result<Rendered, String> {
     }
     if inputs.server.exposition.is_some() {
         adds.push("metrics merging off with the app's metrics port to scrape (the exposition rewrite) and the\nlabels that route the sidecar's own stats to the rendered scrape job / PodMonitor");
+    } else if inputs.unmerged() {
+        adds.push("metrics merging off (native histograms need Envoy's stats as protobuf) and the labels that route\nthe sidecar's stats to the rendered scrape job / PodMonitor");
     }
     let adds = if adds.is_empty() { String::new() } else { format!(", plus {}", adds.join(", ")) };
     let existing = if inputs.existing_proxy_config.is_some() {

@@ -63,6 +63,12 @@ impl Inputs<'_> {
         self.namespace.as_deref().unwrap_or(MESH_NAMESPACE)
     }
 
+    /// Whether the pod patch turns metrics merging off: the exposition rewrite needs the app's
+    /// scrape to pass the sidecar, native histograms a protobuf scrape of Envoy.
+    pub fn unmerged(&self) -> bool {
+        self.server.exposition.is_some() || self.deployment.histogram.native()
+    }
+
     /// Base name of rendered objects.
     pub fn object_name(&self) -> String {
         match &self.target {

@@ -348,6 +348,10 @@ def pod_monitor_scrape_configs(monitor: dict, shards: int = 1, shard: int | str 
             {"source_labels": ["__tmp_hash", "__tmp_disable_sharding"], "regex": "$(SHARD);|.+;.+", "action": "keep"},
         ]
         job["relabel_configs"] = rules
+        if "scrapeNativeHistograms" in spec:  # addNativeHistogramConfig (Prometheus >= 3.8)
+            job["scrape_native_histograms"] = spec["scrapeNativeHistograms"]
+        if ep.get("metricRelabelings"):
+            job["metric_relabel_configs"] = [_relabel(r) for r in ep["metricRelabelings"]]
         jobs.append(json.loads(json.dumps(job).replace("$(SHARD)", str(shard))))
     return jobs
 

@@ -994,12 +994,68 @@ def test_unmerged_pods_get_a_sidecar_scrape_in_each_prometheus_setup(rendered, c
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}] and job["metrics_path"] == "/stats/prometheus"
     rules = job["relabel_configs"]
     assert rules[:4] == [
-        {"action": "keep", "source_labels": ["__meta_kubernetes_pod_label_metricpact_io_scrape_sidecar"], "regex": "true"},
+        {"action": "keep", "source_labels": ["__meta_kubernetes_pod_label_metricpact_io_scrape_sidecar"], "regex": "true|both"},
         {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "http-envoy-prom"},
         {"action": "drop", "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port"], "regex": "15020|15090"},
         {"action": "drop", "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "false"}]
     other, _ = rendered(ROOT / "contracts/rest-api.yaml", "workload")
     assert other.one("prometheus-scrape-config.yaml") == r.one("prometheus-scrape-config.yaml")
+
+
+@pytest.mark.parametrize("mode", ["native", "both"])
+def test_native_histograms_render_a_protobuf_scrape_of_the_sidecar_and_native_queries(tmp_path, mode):
+    text = (ROOT / "contracts/http-server.yaml").read_text().replace("histogram: classic", f"histogram: {mode}")
+    contract = tmp_path / "native.yaml"
+    contract.write_text(text)
+    r = render(contract, tmp_path / "out", "--namespace", "shop", "--selector", "app=cart", "--workload", "cart")
+    for file in r.texts:
+        for obj in r.docs(file):
+            if "apiVersion" in obj:
+                assert not object_errors(obj), (file, object_errors(obj))
+    h = "http_server_request_duration_milliseconds"
+    # Merging off for these pods (istio-agent's merge asks Envoy for text only), scraped by the job below.
+    annotations = r.pod_annotations()
+    assert {k: v for k, v in annotations.items() if k.startswith("prometheus.")} == {"prometheus.istio.io/merge-metrics": "false"}
+    assert r.pod_template_labels() == {"metricpact.io/wasm": "mounted", "metricpact.io/scrape-sidecar": mode,
+                                       "istio-prometheus-ignore": "true"}
+    jobs = r.one("prometheus-scrape-config.yaml")["scrape_configs"]
+    classic_job = next(j for j in jobs if j["job_name"] == "metricpact-sidecars")
+    assert classic_job["relabel_configs"][0]["regex"] == "true|both" and "params" not in classic_job
+    native_job, = [j for j in jobs if j is not classic_job]
+    assert native_job["params"] == {"histogram_buckets": ["prometheusnative"]}
+    assert native_job["scrape_native_histograms"] is True
+    if mode == "native":
+        assert native_job["job_name"] == "metricpact-sidecars-native"
+        assert native_job["relabel_configs"][0]["regex"] == "native" and "metric_relabel_configs" not in native_job
+    else:
+        # The classic scrape keeps everything; this one only the workload's duration histograms.
+        assert native_job["job_name"] == "metricpact-sidecars-native-metricpact-cart"
+        assert native_job["relabel_configs"][0]["regex"] == "both"
+        assert {"action": "keep", "source_labels": ["__meta_kubernetes_namespace"], "regex": "shop"} in native_job["relabel_configs"]
+        assert {"action": "keep", "source_labels": ["__meta_kubernetes_pod_label_app"], "regex": "cart"} in native_job["relabel_configs"]
+        assert native_job["metric_relabel_configs"] == [{"action": "keep", "source_labels": ["__name__"], "regex": h}]
+    monitor = r.one("podmonitor.yaml")["spec"]
+    assert monitor["scrapeNativeHistograms"] is True
+    assert monitor["selector"]["matchLabels"] == {"app": "cart", "metricpact.io/scrape-sidecar": mode}
+    params = [e.get("params") for e in monitor["podMetricsEndpoints"]]
+    native_params = {"histogram_buckets": ["prometheusnative"]}
+    assert params == ([native_params, None] if mode == "native" else [None, native_params, None])
+    # The app's own metrics (istio-agent merged them before) where its prometheus.io annotations say.
+    app = monitor["podMetricsEndpoints"][-1]
+    assert "port" not in app and "portNumber" not in app
+    assert [r["targetLabel"] for r in app["relabelings"] if r["action"] == "replace"] == \
+        ["__address__", "__address__", "__metrics_path__"]
+    # The queries read the native histogram: no _bucket, no `by (le)`.
+    m = 'namespace="shop",k8s_workload_name="cart"'
+    p95 = next(t for t in r.one("keda-scaledobject.yaml")["spec"]["triggers"] if t["name"] == "p95-latency")
+    assert p95["metadata"]["query"] == (f"histogram_quantile(0.95, sum(rate({h}{{{m}}}[2m]))) >= 0"
+                                        f" or sum(metricpact_contract_info{{{m}}}) * 0")
+    external, = r.one("prometheus-adapter-rules.yaml")["externalRules"]
+    assert external["metricsQuery"].startswith(f"histogram_quantile(0.95, sum(rate({h}{{<<.LabelMatchers>>}}[2m]))) >= 0")
+    record = r.one("recording-rules.yaml")["groups"][0]["rules"][1]
+    assert record["expr"] == f"histogram_quantile(0.95, sum by (namespace, pod) (rate({h}[2m])))"
+    assert promtool_check_rules(r.directory / "recording-rules.yaml").returncode == 0
+    assert "Native histograms: Prometheus >= 3.8" in r.texts["prometheus-scrape-config.yaml"]
 
 
 def test_the_pod_patch_keeps_the_pods_existing_proxy_config(tmp_path):

@@ -58,6 +58,7 @@ class Combination:
     rates: tuple                # requests per second of each pod
     subnet: int                 # pod IPs 10.244.<subnet>.x
     unmerged: bool = False      # the contract rewrites the app's exposition (merging off)
+    native: bool = False        # the contract's duration histogram is native (merging off too)
     rendered: object = None
     pods: list = field(default_factory=list)       # ClusterPod
     sidecars: list = field(default_factory=list)
@@ -72,10 +73,12 @@ def combinations() -> list:
         Combination("sample-unmerged", "istio-sample", rest, "orders-api", "orders", (24, 12), 2, unmerged=True),
         Combination("operator-merged", "operator", http, LONG_NAME, "payments", (24, 12), 3),
         Combination("operator-unmerged", "operator", rest, "orders-api", "orders", (24, 12), 4, unmerged=True),
+        Combination("sample-native", "istio-sample", http, "cart", "native", (24, 12), 5, native=True),
+        Combination("operator-native", "operator", http, "cart", "native", (24, 12), 6, native=True),
     ]
 
 
-def short_windows(contract: Path, directory: Path) -> Path:
+def short_windows(contract: Path, directory: Path) -> str:
     text = contract.read_text()
     text, n = re.subn(r"^(\s*rate_window:\s*)1m\b", rf"\g<1>{WINDOW}", text, flags=re.M)
     if n == 0:  # rest-api.yaml sets no windows: add them to its autoscaling section
@@ -84,7 +87,14 @@ def short_windows(contract: Path, directory: Path) -> Path:
         text, m = re.subn(r"^(\s*latency_window:\s*)2m\b", rf"\g<1>{WINDOW}", text, flags=re.M)
         assert m == 1
     assert n == 1, contract
-    path = directory / contract.name
+    return text
+
+
+def contract_for(c: "Combination", directory: Path) -> Path:
+    text = short_windows(c.contract, directory)
+    if c.native:
+        text = text.replace("histogram: classic", "histogram: native")
+    path = directory / c.contract.name
     path.write_text(text)
     return path
 
@@ -110,6 +120,12 @@ def pod_of(c: Combination, index: int) -> ClusterPod:
     return ClusterPod(pod, pod.ip)
 
 
+def for_prometheus_2_42(jobs: list) -> list:
+    """Prometheus 2.42 (Debian's, the one here) predates `scrape_native_histograms` (3.8): it
+    refuses the key, and its --enable-feature=native-histograms does the same (ScrapePrometheus)."""
+    return [{k: v for k, v in job.items() if k != "scrape_native_histograms"} for job in jobs]
+
+
 def jobs_for(c: Combination, rendered=None, monitor_interval="1s") -> list:
     """The setup's scrape configuration with the rendered wiring applied (`rendered`: another
     render, e.g. the one before this change)."""
@@ -118,7 +134,7 @@ def jobs_for(c: Combination, rendered=None, monitor_interval="1s") -> list:
         _, jobs = istio_sample_pod_jobs()
         if "prometheus-scrape-config.yaml" in r.texts:
             jobs = jobs + r.one("prometheus-scrape-config.yaml")["scrape_configs"]
-        return jobs
+        return for_prometheus_2_42(jobs)
     monitors = [m for m in istio_operator_monitors() if m["kind"] == "PodMonitor"]
     if "podmonitor.yaml" in r.texts:
         monitors += r.docs("podmonitor.yaml")
@@ -129,7 +145,7 @@ def jobs_for(c: Combination, rendered=None, monitor_interval="1s") -> list:
             if "interval" in ep:  # Istio's monitor says 15s; the test's windows need 1 s scrapes
                 ep["interval"] = monitor_interval
         jobs += pod_monitor_scrape_configs(monitor)
-    return jobs
+    return for_prometheus_2_42(jobs)
 
 
 class Cluster:
@@ -155,7 +171,7 @@ def cluster(tmp_path_factory):
             port = harness.free_port()
             directory = workdir / f"contract-{c.name}"
             directory.mkdir()
-            contract = short_windows(c.contract, directory)
+            contract = contract_for(c, directory)
             c.rendered = render(contract, workdir / f"render-{c.name}", "--namespace", c.namespace,
                                 "--selector", f"app={c.workload}", "--workload", c.workload,
                                 "--wasm-file", str(harness.WASM), "--prometheus-url", f"http://127.0.0.1:{port}")
@@ -182,9 +198,11 @@ def cluster(tmp_path_factory):
                 c.pods.append(pod)
                 c.sidecars.append(sidecar)
                 c.targets.append(LoadTarget(name, sidecar.port, rate, path))
-            c.prometheus = stack.enter_context(ScrapePrometheus(workdir, jobs_for(c), c.pods, k.network, port=port))
+            c.prometheus = stack.enter_context(ScrapePrometheus(
+                workdir, jobs_for(c), c.pods, k.network, port=port,
+                extra_args=["--enable-feature=native-histograms"] if c.native else []))
         for c in k.combinations:
-            c.prometheus.wait_up(4 if c.unmerged else 2)
+            c.prometheus.wait_up(4 if c.unmerged or c.native else 2)
         time.sleep(3)  # a few scrapes of the idle pods: their info series exist, no traffic yet
         k.before_load = time.time()
         start, end = steady_load([t for c in k.combinations for t in c.targets], LOAD_SECONDS)
@@ -203,7 +221,12 @@ def by_name(c: Combination) -> dict:
     """Each pod's request rate as its sidecar sees it: the injected load, and, with merging off,
     Prometheus' scrape of the app's metrics port, which passes the sidecar like any request
     (one per scrape interval; 1 s here, so it is visible: 15 s in a cluster)."""
-    return {p.pod.name: rate + (1 / SCRAPE_INTERVAL_S if c.unmerged else 0) for p, rate in zip(c.pods, c.rates)}
+    return {p.pod.name: rate + (1 / SCRAPE_INTERVAL_S if scrapes_pass_the_sidecar(c) else 0) for p, rate in zip(c.pods, c.rates)}
+
+
+def scrapes_pass_the_sidecar(c: Combination) -> bool:
+    """With merging off, Prometheus scrapes the app's port through the sidecar."""
+    return c.unmerged or c.native
 
 
 COMBINATIONS = [c.name for c in combinations()]
@@ -234,6 +257,9 @@ EXPECTED_SCRAPES = {
     "sample-unmerged": {(8081, "/actuator/prometheus"), (15090, "/stats/prometheus")},
     "operator-merged": {(15020, "/stats/prometheus")},
     "operator-unmerged": {(8081, "/actuator/prometheus"), (15090, "/stats/prometheus")},
+    # native histograms: the sidecar's stats as protobuf (merging off), the app where its annotations say
+    "sample-native": {(8080, "/metrics"), (15090, "/stats/prometheus?histogram_buckets=prometheusnative")},
+    "operator-native": {(8080, "/metrics"), (15090, "/stats/prometheus?histogram_buckets=prometheusnative")},
 }
 
 
@@ -275,7 +301,8 @@ def test_the_apps_own_metrics_arrive_as_the_contract_says(cluster, name):
             assert float(stored[0]["value"][1]) == len(target.results)
             assert c.prometheus.query(f'{{__name__=~"jvm_.*|process_.*",pod="{pod}"}}', cluster.at) == []
         else:
-            # Merged by istio-agent from the app over localhost (past Envoy): as the app wrote them.
+            # Merged by istio-agent from the app over localhost (past Envoy), or with merging off
+            # (native) scraped where its annotations say, through the sidecar: as the app wrote them.
             stored = c.prometheus.query(f'http_requests_total{{pod="{pod}",handler="/work"}}', cluster.at + 3)
             assert len(stored) == 1 and float(stored[0]["value"][1]) == len(target.results), stored
 
@@ -327,7 +354,7 @@ def test_keda_and_the_hpa_read_one_workload_wide_p95(cluster, name):
 def test_no_traffic_reads_zero_and_no_data_is_an_error(cluster, name):
     c = cluster.get(name)
     t = triggers(c)
-    if c.unmerged:
+    if scrapes_pass_the_sidecar(c):
         # The scrapes of the app's port pass the sidecar: requests, though no load had come yet.
         assert 0 < keda_metric(t["qps-per-pod"], cluster.before_load) <= len(c.pods) / SCRAPE_INTERVAL_S
     else:
@@ -353,6 +380,25 @@ def test_no_traffic_reads_zero_and_no_data_is_an_error(cluster, name):
             keda_metric(missing, cluster.at)
         del missing["metadata"]["ignoreNullValues"]
         assert keda_metric(missing, cluster.at) == 0
+
+
+@pytest.mark.parametrize("name", ["sample-native", "operator-native"])
+def test_native_histograms_arrive_with_the_sidecars_exact_count_and_sum(cluster, name):
+    c = cluster.get(name)
+    h = "http_server_request_duration_milliseconds"
+    for p, sidecar, target in zip(c.pods, c.sidecars, c.targets):
+        selector = f'{h}{{pod="{p.pod.name}",http_route="_OTHER"}}'
+        stored = c.prometheus.query(selector)
+        assert len(stored) == 1 and "histogram" in stored[0], stored   # a native histogram sample
+        # Histograms reach the admin endpoint on Envoy's stats flush (5 s), then the next scrape.
+        harness.wait_until(lambda: float(c.prometheus.query(f"histogram_count({selector})")[0]["value"][1]) == len(target.results),
+                           timeout=20, interval=0.5, what=f"{p.pod.name}'s native histogram to hold the whole load")
+        own = sidecar.scrape_stats_port()   # the same histogram as text, from the admin
+        labels = {k: v for k, v in stored[0]["metric"].items() if k in own.series(f"{h}_count")[0].labels}
+        assert own.value(f"{h}_count", **labels) == len(target.results)
+        total = c.prometheus.query(f"histogram_sum({selector})")
+        assert float(total[0]["value"][1]) == own.value(f"{h}_sum", **labels)
+        assert c.prometheus.query(f'{h}_bucket{{pod="{p.pod.name}"}}', cluster.at) == []  # no classic series
 
 
 # ---------------------------------------------------------------- negative controls

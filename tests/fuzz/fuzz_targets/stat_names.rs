@@ -29,7 +29,7 @@ use metricpact::envoy_stats::{tag_regex, WASM_CUSTOM_PREFIX};
 use metricpact::labels::sanitize;
 use metricpact::names::OTHER;
 use metricpact::routes::anchored;
-use metricpact::telemetry::{error_type, status_class, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, SELF_METRIC_NAMES};
+use metricpact::telemetry::{error_type, status_class, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, CONTRACT_INFO_METRIC, SELF_METRIC_NAMES};
 use regex::Regex;
 use serde_json::json;
 
@@ -656,10 +656,16 @@ fuzz_target!(|data: &[u8]| {
 
     // Every stat the engine defined, self-metrics included, decodes cleanly.
     let tags: HashSet<&str> = config.tag_names().into_iter().collect();
+    // The pod's identity: labels whose every source is fixed per sidecar (node metadata, constants).
+    let identity: HashSet<&str> =
+        config.labels.iter().filter(|l| l.sources.iter().all(Source::is_static)).map(|l| l.name.as_str()).collect();
     for (_, name) in &host.names {
         let (metric, labels) = decode(name, extractors, &metrics, max_len);
         assert!(labels.keys().all(|k| tags.contains(k.as_str())));
-        if SELF_METRIC_NAMES.contains(&metric.as_str()) {
+        if metric == CONTRACT_INFO_METRIC {
+            let traffic: Vec<_> = labels.keys().filter(|k| !k.starts_with("metricpact_") && !identity.contains(k.as_str())).collect();
+            assert!(traffic.is_empty(), "contract info `{name}` carries traffic labels {traffic:?}");
+        } else if SELF_METRIC_NAMES.contains(&metric.as_str()) {
             assert!(labels.keys().all(|k| k.starts_with("metricpact_")), "self-metric `{name}` carries traffic labels");
         } else {
             assert!(labels.keys().all(|k| !k.starts_with("metricpact_")), "`{name}` carries a self-metric label");
