@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench soak fuzz fuzz-smoke clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench fidelity soak fuzz fuzz-smoke clean
 
 all: build
 
@@ -70,6 +70,11 @@ bench: build
 	  --target-dir target/bench-hostcall-filter
 	$(CARGO) bench --bench rewrite --no-run
 	CARGO="$(CARGO)" $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+
+## fidelity: p50/p95/p99 from the rendered query shapes against the exact quantiles of server-side latencies,
+## classic vs native histograms, for three latency shapes (real Envoy + metricpact + Prometheus; ~2 min)
+fidelity: build
+	$(PYTHON) tests/bench/fidelity.py --markdown target/bench/fidelity.md $(FIDELITY_ARGS)
 
 ## soak: 1,000,000 random requests through Envoy + metricpact: no restart or VM error, all counted, series in budget, flat RSS
 soak: build

@@ -47,6 +47,15 @@ fn meta_label(prefix: &str, name: &str) -> String {
 /// The query parameter with which Envoy's admin `/stats/prometheus` serves native histograms
 /// (protobuf only: in text it is a 400).
 pub const NATIVE_PARAMS: (&str, &str) = ("histogram_buckets", "prometheusnative");
+/// And the one that lets it keep its finest resolution: Envoy lowers a native histogram's
+/// resolution until it fits 20 buckets by default, which put a long-tailed p95 6-10 % off
+/// (`make fidelity`); 160 (the OpenTelemetry SDKs' default for exponential histograms) keeps
+/// schema 4 (buckets 4.4 % wide) over about ten octaves of latency.
+pub const NATIVE_MAX_BUCKETS: (&str, &str) = ("native_histogram_max_buckets", "160");
+
+fn native_params() -> Value {
+    json!({NATIVE_PARAMS.0: [NATIVE_PARAMS.1], NATIVE_MAX_BUCKETS.0: [NATIVE_MAX_BUCKETS.1]})
+}
 /// Names of the rendered jobs.
 pub const NATIVE_SIDECAR_JOB: &str = "metricpact-sidecars-native";
 
@@ -85,7 +94,7 @@ fn sidecar_job(name: &str, rules: Vec<Value>) -> Value {
 /// Asks Envoy for protobuf with native histograms (Prometheus >= 3.8: `scrape_native_histograms`
 /// puts PrometheusProto first in the Accept header; 2.40-3.7: the native-histograms flag).
 fn natively(mut job: Value) -> Value {
-    job["params"] = json!({NATIVE_PARAMS.0: [NATIVE_PARAMS.1]});
+    job["params"] = native_params();
     job["scrape_native_histograms"] = json!(true);
     job
 }
@@ -178,7 +187,7 @@ pub fn pod_monitor(inputs: &Inputs) -> Option<Rendered> {
     // window two samples, and one missed scrape would drop a pod from the sum.
     let sidecar = json!({"port": SIDECAR_STATS_PORT_NAME, "path": SIDECAR_STATS_PATH, "interval": SCRAPE_INTERVAL, "relabelings": guard});
     let mut native = sidecar.clone();
-    native["params"] = json!({NATIVE_PARAMS.0: [NATIVE_PARAMS.1]});
+    native["params"] = native_params();
     let mut endpoints = match mode {
         HistogramMode::Classic => vec![sidecar],
         HistogramMode::Native => vec![native],

@@ -1022,7 +1022,7 @@ def test_native_histograms_render_a_protobuf_scrape_of_the_sidecar_and_native_qu
     classic_job = next(j for j in jobs if j["job_name"] == "metricpact-sidecars")
     assert classic_job["relabel_configs"][0]["regex"] == "true|both" and "params" not in classic_job
     native_job, = [j for j in jobs if j is not classic_job]
-    assert native_job["params"] == {"histogram_buckets": ["prometheusnative"]}
+    assert native_job["params"] == {"histogram_buckets": ["prometheusnative"], "native_histogram_max_buckets": ["160"]}
     assert native_job["scrape_native_histograms"] is True
     if mode == "native":
         assert native_job["job_name"] == "metricpact-sidecars-native"
@@ -1038,7 +1038,7 @@ def test_native_histograms_render_a_protobuf_scrape_of_the_sidecar_and_native_qu
     assert monitor["scrapeNativeHistograms"] is True
     assert monitor["selector"]["matchLabels"] == {"app": "cart", "metricpact.io/scrape-sidecar": mode}
     params = [e.get("params") for e in monitor["podMetricsEndpoints"]]
-    native_params = {"histogram_buckets": ["prometheusnative"]}
+    native_params = {"histogram_buckets": ["prometheusnative"], "native_histogram_max_buckets": ["160"]}
     assert params == ([native_params, None] if mode == "native" else [None, native_params, None])
     # The app's own metrics (istio-agent merged them before) where its prometheus.io annotations say.
     app = monitor["podMetricsEndpoints"][-1]

@@ -250,6 +250,7 @@ def test_the_load_was_served_as_injected(cluster):
             assert set(statuses) == {200}, (target.name, sorted(set(statuses)))
 
 
+NATIVE_PATH = "/stats/prometheus?histogram_buckets=prometheusnative&native_histogram_max_buckets=160"
 EXPECTED_SCRAPES = {
     # merging on: the injector pointed prometheus.io/port at istio-agent, which merges Envoy's stats
     "sample-merged": {(15020, "/stats/prometheus")},
@@ -258,8 +259,8 @@ EXPECTED_SCRAPES = {
     "operator-merged": {(15020, "/stats/prometheus")},
     "operator-unmerged": {(8081, "/actuator/prometheus"), (15090, "/stats/prometheus")},
     # native histograms: the sidecar's stats as protobuf (merging off), the app where its annotations say
-    "sample-native": {(8080, "/metrics"), (15090, "/stats/prometheus?histogram_buckets=prometheusnative")},
-    "operator-native": {(8080, "/metrics"), (15090, "/stats/prometheus?histogram_buckets=prometheusnative")},
+    "sample-native": {(8080, "/metrics"), (15090, NATIVE_PATH)},
+    "operator-native": {(8080, "/metrics"), (15090, NATIVE_PATH)},
 }
 
 
