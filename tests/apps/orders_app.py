@@ -63,6 +63,9 @@ def record(method: str, status: int, uri: str, seconds: float):
 
 class Traffic(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: without TCP_NODELAY the second waits for the
+    # proxy's delayed ACK (~40 ms), which would be measured as the app's latency.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -102,6 +105,7 @@ class Traffic(BaseHTTPRequestHandler):
 
 class Management(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass

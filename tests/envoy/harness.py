@@ -72,6 +72,7 @@ def write_contract(directory: Path, text: str, name: str = "contract.yaml") -> P
 
 class _UpstreamHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one write would be as fast; two must not wait for a delayed ACK
 
     def _serve(self):
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
