@@ -43,6 +43,10 @@ pub struct PluginConfig {
     /// Renamed traffic metrics and labels whose old names are still emitted until their sunset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migrations: Vec<Migration>,
+    /// The configuration measures outbound calls (client metrics): every gRPC status but `OK` is an
+    /// error then, as OpenTelemetry says for clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client: bool,
 }
 
 /// A declared rename: until `sunset_unix` the old name is emitted beside the new one, so queries,
@@ -281,8 +285,21 @@ pub enum Source {
     ResponseStatusCode,
     /// `1xx` … `5xx`.
     ResponseStatusClass,
-    /// Set on failure only: the 5xx code, or a proxy failure class from Envoy's response details.
+    /// Set on failure only: the 5xx code, or a proxy failure class from Envoy's response details;
+    /// for gRPC requests, the name of an error status (`UNAVAILABLE`, …; on the server side only
+    /// the codes OpenTelemetry counts as server errors).
     ResponseErrorType,
+    /// gRPC requests (`content-type: application/grpc…`) only: the method, `package.Service/Method`
+    /// from `:path` (OpenTelemetry's `rpc.method`); absent for other requests.
+    RequestGrpcMethod,
+    /// gRPC requests only: `package.Service` from `:path`.
+    RequestGrpcService,
+    /// gRPC requests only: the status code, `0` … `16`, from the trailers or from the headers of a
+    /// trailers-only response (Envoy's `response.grpc_status`).
+    ResponseGrpcStatus,
+    /// gRPC requests only: the status code's name, `OK`, `NOT_FOUND`, … (OpenTelemetry's
+    /// `rpc.response.status_code`).
+    ResponseGrpcStatusName,
     /// Envoy node metadata (`xds.node.metadata.KEY`, or field `FIELD` of a struct such as `LABELS`).
     Node {
         key: String,
@@ -298,7 +315,19 @@ impl Source {
     pub fn is_response_side(&self) -> bool {
         matches!(
             self,
-            Source::ResponseStatusCode | Source::ResponseStatusClass | Source::ResponseErrorType
+            Source::ResponseStatusCode
+                | Source::ResponseStatusClass
+                | Source::ResponseErrorType
+                | Source::ResponseGrpcStatus
+                | Source::ResponseGrpcStatusName
+        )
+    }
+
+    /// Has a value for gRPC requests only.
+    pub fn is_grpc_only(&self) -> bool {
+        matches!(
+            self,
+            Source::RequestGrpcMethod | Source::RequestGrpcService | Source::ResponseGrpcStatus | Source::ResponseGrpcStatusName
         )
     }
 

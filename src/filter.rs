@@ -369,6 +369,9 @@ impl ResponseAttributes for HostResponse {
     fn completed(&self) -> bool {
         self.response_done.unwrap_or(true)
     }
+    fn grpc_status(&self) -> Option<i64> {
+        property_i64(&["response", "grpc_status"])
+    }
     fn duration_nanos(&self) -> Option<u64> {
         match self.started_nanos {
             Some(start) => now_nanos().map(|now| now.saturating_sub(start)),

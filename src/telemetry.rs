@@ -77,6 +77,51 @@ pub trait ResponseAttributes {
     fn completed(&self) -> bool {
         true
     }
+    /// Envoy's `response.grpc_status`: the trailers' `grpc-status`, else the headers' (a
+    /// trailers-only response), else mapped from the HTTP status; -1 when unparsable. Asked for
+    /// gRPC requests only.
+    fn grpc_status(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// gRPC status names by code (grpc/grpc doc/statuscodes.md; OpenTelemetry spells them so).
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+];
+
+/// The codes as label values.
+const GRPC_STATUS_CODES: [&str; 17] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+
+/// Whether a gRPC status is an error: for a server, only those OpenTelemetry's RPC conventions
+/// count as server errors (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS: the others are the caller's); for a client every status but OK.
+pub fn grpc_is_error(code: usize, client: bool) -> bool {
+    if client {
+        code != 0
+    } else {
+        matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+    }
+}
+
+/// Whether a request is gRPC, by its `content-type`: `application/grpc`, alone or followed by `+`
+/// (`+proto`, `+json`) or parameters, as Envoy's `Grpc::Common::hasGrpcContentType` decides
+/// (`application/grpc-web` is not gRPC: its status travels in the body).
+fn is_grpc(content_type: Option<&[u8]>) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    content_type.is_some_and(|c| {
+        c.len() >= GRPC.len() && c[..GRPC.len()].eq_ignore_ascii_case(GRPC) && matches!(c.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// `(service, method)` of a gRPC `:path` `/package.Service/Method` (query cut), if it has that shape.
+fn grpc_path(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let path = path.split(|&b| b == b'?').next()?.strip_prefix(b"/")?;
+    let slash = path.iter().position(|&b| b == b'/')?;
+    let (service, method) = (&path[..slash], &path[slash + 1..]);
+    (!service.is_empty() && !method.is_empty() && !method.contains(&b'/')).then_some((service, path))
 }
 
 /// Why the engine could not be built from a configuration.
@@ -146,6 +191,8 @@ pub struct Flight {
     ids: Key,
     active: Option<u32>,
     active_old: Option<u32>,
+    /// A gRPC request: its status is read at the end.
+    grpc: bool,
 }
 
 /// A traffic metric's old name, emitted beside the new one until `sunset_unix`.
@@ -185,6 +232,12 @@ pub struct Engine {
     tables: Vec<ValueTable>,
     normalizer: Normalizer,
     needs_error_type: bool,
+    /// Whether requests are told apart as gRPC (a label needs a gRPC source, or error_type does).
+    grpc_aware: bool,
+    /// Whether a gRPC request's status is read (a label or error_type needs it).
+    needs_grpc_status: bool,
+    /// Client-side configuration (OpenTelemetry's client rules for gRPC errors).
+    client: bool,
     max_value_length: usize,
     max_series: usize,
     requests: Option<String>,
@@ -238,6 +291,16 @@ impl Engine {
                     Source::RequestRoute => {
                         for index in routes.fixed_rules() {
                             table.intern_fixed(&clean(routes.template(index).as_bytes()));
+                        }
+                    }
+                    Source::ResponseGrpcStatusName => {
+                        for name in GRPC_STATUS_NAMES {
+                            table.intern_fixed(name);
+                        }
+                    }
+                    Source::ResponseGrpcStatus => {
+                        for code in GRPC_STATUS_CODES {
+                            table.intern_fixed(code);
                         }
                     }
                     _ => {}
@@ -303,6 +366,11 @@ impl Engine {
         Ok(Engine {
             contract: config.contract.clone(),
             needs_error_type: labels.iter().any(|l| l.sources.contains(&Source::ResponseErrorType)),
+            grpc_aware: labels.iter().any(|l| l.sources.iter().any(|s| s.is_grpc_only() || *s == Source::ResponseErrorType)),
+            needs_grpc_status: labels.iter().any(|l| {
+                l.sources.iter().any(|s| matches!(s, Source::ResponseGrpcStatus | Source::ResponseGrpcStatusName | Source::ResponseErrorType))
+            }),
+            client: config.client,
             labels,
             tables,
             normalizer: Normalizer {
@@ -449,7 +517,7 @@ impl Engine {
         for (i, label) in self.labels.iter().enumerate() {
             ids[i] = label.static_id.unwrap_or(label.default_id);
         }
-        Flight { ids, active: None, active_old: None }
+        Flight { ids, active: None, active_old: None, grpc: false }
     }
 
     /// Called at request headers: resolves request-side labels and marks the request active.
@@ -462,6 +530,8 @@ impl Engine {
     /// it): resolves request-side labels from what the stream still has, without an active mark.
     pub fn late_flight(&mut self, host: &mut dyn MetricHost, request: &dyn RequestAttributes) -> Flight {
         let mut flight = self.blank_flight();
+        // A lookup in the header map the other labels fetch anyway: no hostcall of its own.
+        flight.grpc = self.grpc_aware && is_grpc(request.header("content-type").as_deref());
         for i in 0..self.labels.len() {
             let label = &self.labels[i];
             if label.static_id.is_some() || label.response_side {
@@ -470,7 +540,7 @@ impl Engine {
             let value = label
                 .sources
                 .iter()
-                .find_map(|s| self.normalizer.request_value(s, request).filter(|v| !v.is_empty()));
+                .find_map(|s| self.normalizer.request_value(s, request, flight.grpc).filter(|v| !v.is_empty()));
             flight.ids[i] = intern(&mut self.tables[i], label, host, value.as_deref(), self.max_value_length);
         }
         flight
@@ -505,17 +575,28 @@ impl Engine {
         }
         let status = response.status_code().filter(|s| (100..=999).contains(s));
         let cut_short = !response.completed();
-        let failed = cut_short || status.is_none_or(|s| s >= 500);
+        // gRPC: the status is a hostcall too, made for gRPC requests only (None: not gRPC;
+        // Some(None): a grpc-status Envoy could not read).
+        let grpc = (flight.grpc && self.needs_grpc_status)
+            .then(|| response.grpc_status())
+            .flatten()
+            .map(|code| usize::try_from(code).ok().filter(|&c| c < GRPC_STATUS_NAMES.len()));
+        let grpc_error = grpc.is_some_and(|code| code.is_none_or(|c| grpc_is_error(c, self.client)));
+        let failed = cut_short || status.is_none_or(|s| s >= 500) || grpc_error;
         // Details are a hostcall: fetched only for failures, and only if a label wants them.
         let error = (failed && self.needs_error_type).then(|| {
             let details = response.code_details();
             match failure_class(details.as_deref()) {
+                // A proxy failure keeps its name, gRPC or not.
                 Some(class) => Cow::Borrowed(class),
+                None if grpc_error => Cow::Borrowed(grpc.flatten().map_or(OTHER, |c| GRPC_STATUS_NAMES[c])),
                 // A cut-short 2xx with no known cause still failed: never report its status as the error.
                 None if cut_short && status.is_some_and(|s| s < 500) => Cow::Borrowed(OTHER),
                 None => error_type(status, details.as_deref()),
             }
         });
+        let grpc_code = grpc.map(|c| c.map_or(OTHER, |c| GRPC_STATUS_CODES[c]));
+        let grpc_name = grpc.map(|c| c.map_or(OTHER, |c| GRPC_STATUS_NAMES[c]));
         let mut code = itoa3::Buffer::default();
         let code = status.map(|s| code.format(s));
         for i in 0..self.labels.len() {
@@ -527,6 +608,8 @@ impl Engine {
                 Source::ResponseStatusCode => code,
                 Source::ResponseStatusClass => status.map(status_class),
                 Source::ResponseErrorType => error.as_deref(),
+                Source::ResponseGrpcStatus => grpc_code,
+                Source::ResponseGrpcStatusName => grpc_name,
                 _ => None,
             });
             flight.ids[i] = intern(&mut self.tables[i], label, host, value, self.max_value_length);
@@ -676,8 +759,21 @@ fn remember_refusal(refused: &mut IdMap<()>, key: Key, cap: usize) {
 }
 
 impl Normalizer {
-    fn request_value<'s>(&'s self, source: &Source, request: &dyn RequestAttributes) -> Option<Cow<'s, str>> {
+    fn request_value<'s>(&'s self, source: &Source, request: &dyn RequestAttributes, grpc: bool) -> Option<Cow<'s, str>> {
         match source {
+            Source::RequestGrpcMethod | Source::RequestGrpcService => {
+                if !grpc {
+                    return None;
+                }
+                let path = request.path()?;
+                Some(match grpc_path(&path) {
+                    Some((service, method)) => {
+                        let part = if *source == Source::RequestGrpcService { service } else { method };
+                        Cow::Owned(String::from_utf8_lossy(part).into_owned())
+                    }
+                    None => Cow::Borrowed(OTHER),
+                })
+            }
             Source::RequestMethod => {
                 let method = request.method()?;
                 let known = self.methods.iter().find(|m| m.as_bytes() == method.as_slice());
@@ -813,7 +909,9 @@ fn failure_class(details: Option<&[u8]>) -> Option<&'static str> {
         Some("upstream_reset")
     } else if details.contains("cluster_not_found") || details.contains("route_not_found") {
         Some("no_route")
-    } else if details.starts_with("downstream_") {
+    } else if details.starts_with("downstream_") || details.starts_with("http") && details.ends_with(".remote_reset") {
+        // `http2.remote_reset` (and h3's) at the stream level is the downstream codec's peer, the
+        // client, resetting: a gRPC client's deadline or cancel.
         Some("downstream_disconnect")
     } else if details.contains("overload") {
         Some("overload")

@@ -146,7 +146,7 @@ fn broken_contract_reports_every_problem_at_its_position() {
         format!("{f}:17:11: error: label `status_code` is a suffix of `http_response_status_code`: Envoy's unanchored tag regex for `status_code` would also match inside `http_response_status_code`; rename one of them"),
         format!("{f}:19:11: error: label `pod` collides with the `pod` target label Prometheus attaches to every scraped series; use a distinct name such as `k8s_pod_name`"),
         format!("{f}:21:11: error: `http-route` is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with `__`)"),
-        format!("{f}:24:11: error: unknown source `request.headers.x-tenant`; expected one of request.method, request.route, request.scheme, request.protocol, request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD"),
+        format!("{f}:24:11: error: unknown source `request.headers.x-tenant`; expected one of request.method, request.route, request.scheme, request.protocol, request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD, or for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name"),
         format!("{f}:25:11: error: duplicate label `tenant`"),
         format!("{f}:27:11: error: label `reporter` reuses a tag name Istio's sidecar already extracts; the first extractor wins, so rename it"),
         format!("{f}:31:14: error: regex does not compile: regex parse error: /users/([0-9]+ ^ error: unclosed group"),
@@ -578,4 +578,48 @@ fn a_structural_error_without_a_position_says_so() {
     let out = metricpact(&["check", path]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout(&out), format!("{path}:1:1: error: duplicate field `name` (the YAML parser gave no position)\n"));
+}
+
+#[test]
+fn check_says_where_grpc_sources_cannot_work() {
+    // A gRPC source behind one that always has a value is dead; gRPC calls are POSTs.
+    let file = temp_contract(
+        "grpc-misuse.yaml",
+        "format: metricpact/v1\nname: g\nversion: '1'\nlabels:\n  - name: rpc_method\n    from: [request.route, request.grpc_method]\n  \
+         - name: http_request_method\n    from: request.method\nmethods: [GET]\n",
+    );
+    let out = metricpact(&["check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let f = file.display();
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{f}:6:11: warning: `request.route` always has a value, so `request.grpc_method` after it is never used; put the \
+             gRPC source first: it has a value for gRPC requests only, and the others fall through to the next\n\
+             {f}:9:10: warning: label `rpc_method` reads gRPC calls, and every gRPC call is a POST, but `methods` lacks POST: \
+             `request.method` reads `_OTHER` for all of them; add POST\n"
+        )
+    );
+    // In the right order, with POST: nothing to say; the shipped gRPC contract is clean.
+    let good = temp_contract(
+        "grpc-ok.yaml",
+        "format: metricpact/v1\nname: g\nversion: '1'\nlabels:\n  - name: rpc_method\n    from: [request.grpc_method, request.route]\nmethods: [POST]\n",
+    );
+    assert_eq!(stdout(&metricpact(&["check", good.to_str().unwrap()])), "");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/grpc-service.yaml");
+    let out = metricpact(&["check", "--strict", shipped.to_str().unwrap()]);
+    assert_eq!((out.status.code(), stdout(&out)), (Some(0), String::new()));
+}
+
+#[test]
+fn diff_says_removing_error_type_breaks_the_error_ratio_rule() {
+    let old = default_contract_with("errors-old.yaml", &[]);
+    let new = default_contract_with("errors-new.yaml", &[("  - name: error_type\n    from: response.error_type\n", "")]);
+    let out = metricpact(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "breaking: [label-removed] label `error_type` is gone: queries, dashboards and alerts selecting or grouping by it break\n\
+         \x20   breaks: recording rule namespace_pod:http_server_requests:error_ratio_rate*\n"
+    );
 }

@@ -64,6 +64,10 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
         "response.status_code" => Some(Source::ResponseStatusCode),
         "response.status_class" => Some(Source::ResponseStatusClass),
         "response.error_type" => Some(Source::ResponseErrorType),
+        "request.grpc_method" => Some(Source::RequestGrpcMethod),
+        "request.grpc_service" => Some(Source::RequestGrpcService),
+        "response.grpc_status" => Some(Source::ResponseGrpcStatus),
+        "response.grpc_status_name" => Some(Source::ResponseGrpcStatusName),
         _ => None,
     };
     if let Some(source) = simple {
@@ -94,7 +98,8 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
     }
     Err(format!(
         "unknown source `{text}`; expected one of request.method, request.route, request.scheme, request.protocol, \
-         request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD"
+         request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD, \
+         or for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name"
     ))
 }
 
@@ -156,6 +161,20 @@ impl Checker<'_> {
         let (requests, duration, active) = self.metrics(c, &labels);
         let methods = self.methods(c);
         let routes = self.routes(c);
+        if let Some(list) = &c.methods {
+            let grpc = labels.iter().find(|l| l.sources.iter().any(Source::is_grpc_only));
+            let reads_method = labels.iter().any(|l| l.sources.contains(&Source::RequestMethod));
+            if let Some(label) = grpc.filter(|_| reads_method && !methods.iter().any(|m| m == "POST")) {
+                self.warn(
+                    &list.referenced,
+                    format!(
+                        "label `{}` reads gRPC calls, and every gRPC call is a POST, but `methods` lacks POST: \
+                         `request.method` reads `_OTHER` for all of them; add POST",
+                        label.name
+                    ),
+                );
+            }
+        }
 
         let config = PluginConfig {
             format: CONFIG_FORMAT,
@@ -170,6 +189,7 @@ impl Checker<'_> {
             max_value_length,
             exposition: None,
             migrations: Vec::new(),
+            client: false,
         };
         let mut config = config;
         if let Some(def) = &c.exposition {
@@ -272,7 +292,7 @@ impl Checker<'_> {
                     return None;
                 }
                 let mut sources = Vec::new();
-                for text in texts {
+                for text in &texts {
                     match parse_source(text) {
                         Ok(source) => sources.push(source),
                         Err(message) => self.error(&from.referenced, message),
@@ -281,6 +301,21 @@ impl Checker<'_> {
                 let response = sources.iter().filter(|s| s.is_response_side()).count();
                 if response > 0 && response < sources.len() {
                     self.error(&from.referenced, "a label cannot mix response sources with request or node sources");
+                }
+                // Sources are tried in order: after one that always has a value the rest are dead.
+                let always = sources.iter().position(|s| matches!(s, Source::RequestMethod | Source::RequestRoute));
+                if let Some(i) = always.filter(|_| sources.len() == texts.len()) {
+                    if i + 1 < texts.len() {
+                        let hint = if sources[i + 1..].iter().any(Source::is_grpc_only) {
+                            "; put the gRPC source first: it has a value for gRPC requests only, and the others fall through to the next"
+                        } else {
+                            ""
+                        };
+                        self.warn(
+                            &from.referenced,
+                            format!("`{}` always has a value, so `{}` after it is never used{hint}", texts[i], texts[i + 1..].join("`, `")),
+                        );
+                    }
                 }
                 sources
             }

@@ -218,6 +218,7 @@ fn client_config(contract: &Contract, server: &PluginConfig, report: &mut dyn Re
         value
     };
     let mut client = server.clone();
+    client.client = true;
     // Metric renames concern the server-side names; label renames hold for both sides.
     client.migrations.retain(|m| m.kind == crate::config::MigrationKind::Label);
     client.requests = server.requests.as_ref().map(|_| MetricSpec {

@@ -47,6 +47,14 @@ fn latency_consumers_of(name: &str, native: bool) -> Vec<String> {
     ]
 }
 
+/// What counts failed requests by the error label.
+fn error_label_consumers(config: &PluginConfig) -> Vec<String> {
+    match &config.requests {
+        Some(m) => vec![format!("recording rule {}", crate::render::autoscaling::error_ratio_record(&m.name, "*"))],
+        None => vec![],
+    }
+}
+
 /// What selects a workload's series by its workload label (`k8s_workload_name`).
 fn workload_label_consumers(label: &str) -> Vec<String> {
     vec![
@@ -157,6 +165,8 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
             None => {
                 let breaks = if crate::render::autoscaling::workload_label(old) == Some(l.name.as_str()) {
                     workload_label_consumers(&l.name)
+                } else if crate::render::autoscaling::error_label(old) == Some(l.name.as_str()) {
+                    error_label_consumers(old)
                 } else {
                     vec![]
                 };
@@ -168,6 +178,10 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
                         && crate::render::autoscaling::workload_label(new) != Some(n.name.as_str())
                     {
                         workload_label_consumers(&l.name)
+                    } else if crate::render::autoscaling::error_label(old) == Some(l.name.as_str())
+                        && crate::render::autoscaling::error_label(new) != Some(n.name.as_str())
+                    {
+                        error_label_consumers(old)
                     } else {
                         vec![]
                     };

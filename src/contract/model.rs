@@ -511,7 +511,10 @@ pub struct LabelDef {
     /// Where the value comes from: one source, or a list tried in order. Sources:
     /// `request.method`, `request.route`, `request.scheme`, `request.protocol`,
     /// `request.header.NAME`, `response.status_code`, `response.status_class`,
-    /// `response.error_type`, `node.KEY`, `node.KEY.FIELD` (e.g. `node.LABELS.app`).
+    /// `response.error_type`, `node.KEY`, `node.KEY.FIELD` (e.g. `node.LABELS.app`); for gRPC calls
+    /// only (`content-type: application/grpc`; absent for other requests): `request.grpc_method`
+    /// (`package.Service/Method`), `request.grpc_service`, `response.grpc_status` (`0`…`16`),
+    /// `response.grpc_status_name` (`OK`, `NOT_FOUND`, …).
     #[serde(default)]
     #[schemars(with = "Option<FromDef>")]
     pub from: Option<Spanned<FromDef>>,

@@ -259,6 +259,7 @@ mod tests {
             max_value_length: 64,
             exposition: None,
             migrations: vec![],
+            client: false,
         }
     }
 

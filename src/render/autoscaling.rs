@@ -54,6 +54,17 @@ pub fn workload_label(config: &PluginConfig) -> Option<&str> {
         .map(|l| l.name.as_str())
 }
 
+/// The contract label that carries `response.error_type` (set on failed requests only): the
+/// error-ratio rule counts the series that have it.
+pub fn error_label(config: &PluginConfig) -> Option<&str> {
+    config.labels.iter().find(|l| l.sources == [Source::ResponseErrorType]).map(|l| l.name.as_str())
+}
+
+/// Name of the per-pod error-ratio recording rule.
+pub fn error_ratio_record(counter: &str, window: &str) -> String {
+    format!("namespace_pod:{}:error_ratio_rate{window}", counter.strip_suffix("_total").unwrap_or(counter))
+}
+
 /// The node metadata key Istio's injector fills with the workload's name.
 pub const WORKLOAD_NAME_KEY: &str = "WORKLOAD_NAME";
 
@@ -108,6 +119,18 @@ fn recording_rule_groups(inputs: &Inputs) -> Value {
             "expr": format!("sum by (namespace, pod) (rate({}[{rate_window}]))", m.name),
         }));
     }
+    if let (Some(m), Some(error)) = (&inputs.server.requests, error_label(inputs.server)) {
+        // Failed requests over all requests; `or … * 0` makes a pod with traffic and no
+        // failure read 0 rather than nothing (a pod without traffic reads NaN: 0/0).
+        let all = format!("sum by (namespace, pod) (rate({}[{rate_window}]))", m.name);
+        rules.push(json!({
+            "record": error_ratio_record(&m.name, &rate_window),
+            "expr": format!(
+                "(sum by (namespace, pod) (rate({}{{{error}!=\"\"}}[{rate_window}])) or {all} * 0) / {all}",
+                m.name
+            ),
+        }));
+    }
     if let Some(d) = &inputs.server.duration {
         rules.push(json!({
             "record": format!("namespace_pod:{}:p95_{latency_window}", d.name),
@@ -124,7 +147,7 @@ fn recording_rule_groups(inputs: &Inputs) -> Value {
 pub fn recording_rules(inputs: &Inputs) -> Rendered {
     Rendered {
         file: "recording-rules.yaml",
-        comment: "Prometheus recording rules: per-pod QPS and p95, as a rule file (Prometheus Operator: prometheus-rule.yaml).\npromtool check rules recording-rules.yaml".into(),
+        comment: "Prometheus recording rules: per-pod QPS, error ratio and p95, as a rule file (Prometheus Operator: prometheus-rule.yaml).\npromtool check rules recording-rules.yaml".into(),
         documents: vec![json!({"groups": recording_rule_groups(inputs)})],
     }
 }

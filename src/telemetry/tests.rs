@@ -137,6 +137,7 @@ fn config() -> PluginConfig {
         max_value_length: 64,
         exposition: None,
         migrations: vec![],
+        client: false,
     }
 }
 
@@ -155,7 +156,7 @@ fn engine(config: &PluginConfig) -> (Engine, Recorder) {
     (engine, host)
 }
 
-fn serve(engine: &mut Engine, host: &mut Recorder, req: Req, resp: Resp) {
+fn serve(engine: &mut Engine, host: &mut Recorder, req: Req, resp: impl ResponseAttributes) {
     let flight = engine.start(host, &req);
     engine.finish(host, flight, &resp);
 }
@@ -224,6 +225,7 @@ fn error_type_classes() {
     assert_eq!(error_type(Some(503), Some(b"upstream_reset_before_response_started{remote_reset}")), "upstream_reset");
     assert_eq!(error_type(Some(404), Some(b"route_not_found")), "no_route");
     assert_eq!(error_type(None, Some(b"downstream_remote_disconnect")), "downstream_disconnect");
+    assert_eq!(error_type(None, Some(b"http2.remote_reset")), "downstream_disconnect");
     assert_eq!(error_type(None, None), "_OTHER");
 }
 
@@ -523,4 +525,178 @@ fn a_response_cut_short_after_its_status_is_a_failure() {
     assert_eq!(host.value(&tags("timeout")), 1);
     assert_eq!(host.value(&tags("_OTHER")), 1);
     assert_eq!(host.value("req_total.method=.=GET;.;route=.=_OTHER;.;code=.=200;.;k8s_pod=.=pod-a;.;"), 0);
+}
+
+/// A gRPC response as Envoy reports it: HTTP status, details, `response.grpc_status`.
+struct GrpcResp {
+    status: Option<u32>,
+    details: &'static str,
+    grpc_status: Option<i64>,
+    completed: bool,
+}
+
+impl ResponseAttributes for GrpcResp {
+    fn status_code(&self) -> Option<u32> {
+        self.status
+    }
+    fn code_details(&self) -> Option<Vec<u8>> {
+        Some(self.details.as_bytes().to_vec())
+    }
+    fn duration_nanos(&self) -> Option<u64> {
+        Some(4_000_000)
+    }
+    fn completed(&self) -> bool {
+        self.completed
+    }
+    fn grpc_status(&self) -> Option<i64> {
+        self.grpc_status
+    }
+}
+
+fn grpc_config(client: bool) -> PluginConfig {
+    PluginConfig {
+        labels: vec![
+            label("rpc_method", vec![Source::RequestGrpcMethod, Source::RequestRoute]),
+            label("rpc_service", vec![Source::RequestGrpcService]),
+            label("rpc_grpc_status_code", vec![Source::ResponseGrpcStatus]),
+            label("rpc_response_status_code", vec![Source::ResponseGrpcStatusName]),
+            label("http_status", vec![Source::ResponseStatusCode]),
+            label("error_type", vec![Source::ResponseErrorType]),
+        ],
+        active_requests: None,
+        client,
+        ..config()
+    }
+}
+
+fn grpc_call(path: &'static str) -> Req {
+    Req { method: "POST", path, headers: vec![("content-type", b"application/grpc")] }
+}
+
+fn grpc_done(grpc_status: i64) -> GrpcResp {
+    GrpcResp { status: Some(200), details: "via_upstream", grpc_status: Some(grpc_status), completed: true }
+}
+
+fn grpc_key(method: &str, service: &str, code: &str, name: &str, http: &str, error: &str) -> String {
+    let mut key = format!("req_total.rpc_method=.={method};.;");
+    if !service.is_empty() {
+        key += &format!("rpc_service=.={service};.;");
+    }
+    if !code.is_empty() {
+        key += &format!("rpc_grpc_status_code=.={code};.;rpc_response_status_code=.={name};.;");
+    }
+    key += &format!("http_status=.={http};.;");
+    if !error.is_empty() {
+        key += &format!("error_type=.={error};.;");
+    }
+    key
+}
+
+#[test]
+fn grpc_status_comes_from_the_call_and_only_server_errors_are_errors() {
+    let (mut engine, mut host) = engine(&grpc_config(false));
+    let get = "shop.v1.Inventory/Get";
+    for status in [0, 0, 5, 14, 4, 3, 2, 16] {
+        serve(&mut engine, &mut host, grpc_call("/shop.v1.Inventory/Get"), grpc_done(status));
+    }
+    let key = |code, name, error| grpc_key(get, "shop.v1.Inventory", code, name, "200", error);
+    assert_eq!(host.value(&key("0", "OK", "")), 2);
+    // The caller's mistakes are not the server's errors (OpenTelemetry's gRPC server rules).
+    assert_eq!(host.value(&key("5", "NOT_FOUND", "")), 1);
+    assert_eq!(host.value(&key("3", "INVALID_ARGUMENT", "")), 1);
+    assert_eq!(host.value(&key("16", "UNAUTHENTICATED", "")), 1);
+    assert_eq!(host.value(&key("14", "UNAVAILABLE", "UNAVAILABLE")), 1);
+    assert_eq!(host.value(&key("4", "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED")), 1);
+    assert_eq!(host.value(&key("2", "UNKNOWN", "UNKNOWN")), 1);
+    assert_eq!(host.values.iter().filter(|(k, _)| k.starts_with("req_total")).map(|(_, v)| v).sum::<i64>(), 8);
+}
+
+#[test]
+fn grpc_client_side_counts_every_status_but_ok_as_an_error() {
+    let (mut engine, mut host) = engine(&grpc_config(true));
+    serve(&mut engine, &mut host, grpc_call("/shop.v1.Inventory/Get"), grpc_done(5));
+    serve(&mut engine, &mut host, grpc_call("/shop.v1.Inventory/Get"), grpc_done(0));
+    let key = |code, name, error| grpc_key("shop.v1.Inventory/Get", "shop.v1.Inventory", code, name, "200", error);
+    assert_eq!(host.value(&key("5", "NOT_FOUND", "NOT_FOUND")), 1);
+    assert_eq!(host.value(&key("0", "OK", "")), 1);
+}
+
+#[test]
+fn grpc_unreadable_status_and_proxy_failures() {
+    let (mut engine, mut host) = engine(&grpc_config(false));
+    // grpc-status: 99 is -1 to Envoy: an error of no known name.
+    serve(&mut engine, &mut host, grpc_call("/a.B/C"), grpc_done(-1));
+    // A trailers-only local reply after a refused connection keeps the proxy's failure class.
+    let refused = GrpcResp {
+        details: "upstream_reset_before_response_started{remote_connection_failure}",
+        ..grpc_done(14)
+    };
+    serve(&mut engine, &mut host, grpc_call("/a.B/C"), refused);
+    // Reset after the response started: Envoy falls back to UNKNOWN; the failure is the proxy's.
+    let reset = GrpcResp {
+        details: "upstream_reset_after_response_started{remote_reset}",
+        completed: false,
+        ..grpc_done(2)
+    };
+    serve(&mut engine, &mut host, grpc_call("/a.B/C"), reset);
+    // The client went away before any status: no status label, the disconnect is the error.
+    let gone = GrpcResp { status: None, details: "http2.remote_reset", grpc_status: None, completed: false };
+    serve(&mut engine, &mut host, grpc_call("/a.B/C"), gone);
+    let key = |code, name, error| grpc_key("a.B/C", "a.B", code, name, "200", error);
+    assert_eq!(host.value(&key("_OTHER", "_OTHER", "_OTHER")), 1);
+    assert_eq!(host.value(&key("14", "UNAVAILABLE", "connection_failure")), 1);
+    assert_eq!(host.value(&key("2", "UNKNOWN", "upstream_reset")), 1);
+    assert_eq!(host.value("req_total.rpc_method=.=a.B/C;.;rpc_service=.=a.B;.;error_type=.=downstream_disconnect;.;"), 1);
+    assert_eq!(host.values.iter().filter(|(k, _)| k.starts_with("req_total")).map(|(_, v)| v).sum::<i64>(), 4, "{:?}", host.values);
+}
+
+#[test]
+fn grpc_sources_are_absent_for_other_traffic_and_odd_paths_are_other() {
+    let (mut engine, mut host) = engine(&grpc_config(false));
+    // Plain HTTP: Envoy would report grpc_status 2 for it; it is never asked (the property is a
+    // hostcall), and the route is used.
+    struct Asked<'a>(GrpcResp, &'a std::cell::Cell<u32>);
+    impl ResponseAttributes for Asked<'_> {
+        fn status_code(&self) -> Option<u32> {
+            self.0.status_code()
+        }
+        fn code_details(&self) -> Option<Vec<u8>> {
+            self.0.code_details()
+        }
+        fn duration_nanos(&self) -> Option<u64> {
+            self.0.duration_nanos()
+        }
+        fn grpc_status(&self) -> Option<i64> {
+            self.1.set(self.1.get() + 1);
+            self.0.grpc_status()
+        }
+    }
+    let asked = std::cell::Cell::new(0);
+    let plain = GrpcResp { status: Some(200), details: "via_upstream", grpc_status: Some(2), completed: true };
+    serve(&mut engine, &mut host, Req { method: "GET", path: "/users/7", ..Req::default() }, Asked(plain, &asked));
+    assert_eq!(asked.get(), 0);
+    serve(&mut engine, &mut host, grpc_call("/a.B/C"), Asked(grpc_done(0), &asked));
+    assert_eq!(asked.get(), 1);
+    assert_eq!(host.value("req_total.rpc_method=.=/users/{id};.;http_status=.=200;.;"), 1);
+    // gRPC with a path not of the /package.Service/Method shape.
+    serve(&mut engine, &mut host, grpc_call("/only-one-part"), grpc_done(12));
+    serve(&mut engine, &mut host, grpc_call("/a/b/c"), grpc_done(12));
+    let key = grpc_key("_OTHER", "_OTHER", "12", "UNIMPLEMENTED", "200", "UNIMPLEMENTED");
+    assert_eq!(host.value(&key), 2);
+    // grpc-web is not gRPC; application/grpc+proto is.
+    let web = Req { method: "POST", path: "/a.B/C", headers: vec![("content-type", b"application/grpc-web")] };
+    serve(&mut engine, &mut host, web, grpc_done(0));
+    let proto = Req { method: "POST", path: "/a.B/C?x", headers: vec![("content-type", b"Application/gRPC+proto")] };
+    serve(&mut engine, &mut host, proto, grpc_done(0));
+    assert_eq!(host.value("req_total.rpc_method=.=_OTHER;.;http_status=.=200;.;"), 1);
+    assert_eq!(host.value(&grpc_key("a.B/C", "a.B", "0", "OK", "200", "")), 2);
+}
+
+#[test]
+fn grpc_method_values_cannot_forge_labels() {
+    let (mut engine, mut host) = engine(&grpc_config(false));
+    serve(&mut engine, &mut host, grpc_call("/a.B/C\";x=\"y"), grpc_done(0));
+    let keys: Vec<_> = host.values.keys().filter(|k| k.starts_with("req_total")).collect();
+    assert_eq!(keys.len(), 1);
+    assert!(!keys[0].contains("x=\"y"), "{keys:?}");
 }

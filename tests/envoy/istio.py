@@ -434,6 +434,23 @@ def _hcm_listener(name: str, port: int, stat_prefix: str, routes: list, http_fil
     }
 
 
+def port_protocol(name: str) -> str:
+    """Istio's protocol of a named port (pkg/config/protocol/instance.go Parse, by the name's
+    `<protocol>[-<suffix>]` prefix, case-insensitive); "" for an unnamed port (sniffed)."""
+    prefix = name.split("-")[0].lower()
+    if name.lower().startswith("grpc-web"):
+        return "grpc-web"
+    return prefix if prefix in ("grpc", "http", "http2", "https", "tcp", "tls", "mongo", "redis", "mysql") else ""
+
+
+# Protocol.IsHTTP2() (grpc, grpc-web, http2): the inbound cluster speaks HTTP/2 to the app
+# (pilot/pkg/networking/core/cluster_builder.go setUpstreamProtocol -> setH2Options).
+HTTP2_PROTOCOLS = ("grpc", "grpc-web", "http2")
+HTTP2_UPSTREAM = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
 def _route(prefix: str, cluster: str, **extra) -> dict:
     return {"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "15s"}, **extra}
 
@@ -456,12 +473,15 @@ def sidecar_bootstrap(pod: IstioPod, filters: dict, app_ports: dict, *, inbound_
     virtualInbound filter chain of that port; the stats listener for :15090 (`/stats/prometheus`
     routed to the admin, envoy_bootstrap.json); `filters`: context -> HCM filters."""
     listeners, clusters = [], [_cluster("prometheus_stats", admin_port)]
+    port_names = dict(pod.app_ports)
     for container_port, app_port in app_ports.items():
         cluster = f"inbound|{container_port}||"
         listeners.append(_hcm_listener(f"virtualInbound_{container_port}", inbound_ports[container_port],
                                        f"inbound_0.0.0.0_{container_port}", [_route("/", cluster)],
                                        filters["SIDECAR_INBOUND"]))
         clusters.append(_cluster(cluster, app_port))
+        if port_protocol(port_names.get(container_port, "")) in HTTP2_PROTOCOLS:
+            clusters[-1]["typed_extension_protocol_options"] = HTTP2_UPSTREAM
     listeners.append(_hcm_listener("prometheus_stats", prometheus_port, "stats",
                                    [_route("/stats/prometheus", "prometheus_stats")],
                                    [_typed(ROUTER, "envoy.extensions.filters.http.router.v3.Router")]))

@@ -242,13 +242,16 @@ def test_adapter_serves_the_hpa_metrics(mesh, workload):
     assert latency[0] <= float(p95["external"]["target"]["value"])
 
 
-def test_recording_rules_compute_per_pod_qps_and_p95(mesh):
+def test_recording_rules_compute_per_pod_qps_error_ratio_and_p95(mesh):
     groups = mesh.rendered[CART].one("recording-rules.yaml")["groups"]
-    qps_rule, p95_rule = (rule["record"] for rule in groups[0]["rules"])
+    qps_rule, error_rule, p95_rule = (rule["record"] for rule in groups[0]["rules"])
     qps = {r["metric"]["pod"]: float(r["value"][1]) for r in mesh.prometheus.query(qps_rule, mesh.at)}
     assert set(qps) == set(PODS)
     for pod, (_, rate, _, _) in PODS.items():
         assert qps[pod] == pytest.approx(rate, rel=MAX_QPS_ERROR), pod
+    # Every request succeeded: the error ratio is 0 for every pod, not missing.
+    errors = {r["metric"]["pod"]: float(r["value"][1]) for r in mesh.prometheus.query(error_rule, mesh.at)}
+    assert errors == {pod: 0.0 for pod in PODS}, error_rule
     p95 = {r["metric"]["pod"]: float(r["value"][1]) for r in mesh.prometheus.query(p95_rule, mesh.at)}
     lower, upper = bucket_bounds(mesh.rendered[CART], DELAY_MS)
     assert set(p95) == set(PODS) and all(lower < v <= upper for v in p95.values()), p95

@@ -160,6 +160,7 @@ class Expected:
         for key, default in defaults.items():
             if config.get(key):
                 config[key]["name"] = names.get(key, default)
+        config["client"] = True   # the client rules (every gRPC status but OK is an error)
         return config
 
     def duration_unit_per_ms(self) -> float:
@@ -798,13 +799,18 @@ def test_recording_rules_pass_promtool(rendered, case, tmp_path):
     r, expected = rendered(*case)
     result = promtool_check_rules(r.directory / "recording-rules.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 2 rules found" in result.stdout, result.stdout
     counter, histogram = expected.plugin_config["requests"]["name"], expected.plugin_config["duration"]["name"]
     rate, latency = expected.window("rate_window", "1m"), expected.window("latency_window", "2m")
+    base = counter.removesuffix('_total')
+    errors = [l["name"] for l in expected.plugin_config["labels"] if l["sources"] == [{"kind": "response_error_type"}]]
+    assert "SUCCESS: %d rules found" % (3 if errors else 2) in result.stdout, result.stdout
     groups = r.one("recording-rules.yaml")["groups"]
+    all_requests = f"sum by (namespace, pod) (rate({counter}[{rate}]))"
     assert groups == [{"name": f"metricpact-{expected.contract['name']}", "rules": [
-        {"record": f"namespace_pod:{counter.removesuffix('_total')}:rate{rate}",
-         "expr": f"sum by (namespace, pod) (rate({counter}[{rate}]))"},
+        {"record": f"namespace_pod:{base}:rate{rate}", "expr": all_requests},
+        *([{"record": f"namespace_pod:{base}:error_ratio_rate{rate}",
+            "expr": f'(sum by (namespace, pod) (rate({counter}{{{errors[0]}!=""}}[{rate}])) or {all_requests} * 0)'
+                    f" / {all_requests}"}] if errors else []),
         {"record": f"namespace_pod:{histogram}:p95_{latency}",
          "expr": f"histogram_quantile(0.95, sum by (namespace, pod, le) (rate({histogram}_bucket[{latency}])))"},
     ]}]
@@ -1052,7 +1058,7 @@ def test_native_histograms_render_a_protobuf_scrape_of_the_sidecar_and_native_qu
                                         f" or sum(metricpact_contract_info{{{m}}}) * 0")
     external, = r.one("prometheus-adapter-rules.yaml")["externalRules"]
     assert external["metricsQuery"].startswith(f"histogram_quantile(0.95, sum(rate({h}{{<<.LabelMatchers>>}}[2m]))) >= 0")
-    record = r.one("recording-rules.yaml")["groups"][0]["rules"][1]
+    record = r.one("recording-rules.yaml")["groups"][0]["rules"][-1]
     assert record["expr"] == f"histogram_quantile(0.95, sum by (namespace, pod) (rate({h}[2m])))"
     assert promtool_check_rules(r.directory / "recording-rules.yaml").returncode == 0
     assert "Native histograms: Prometheus >= 3.8" in r.texts["prometheus-scrape-config.yaml"]

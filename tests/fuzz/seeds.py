@@ -61,13 +61,15 @@ def stat_names_seeds():
     # NAMESPACE, LABELS.service.istio.io/canonical-name, LABELS.app, LABELS.app.kubernetes.io/name,
     # WORKLOAD_NAME, CLUSTER_ID), then requests (0xFE-separated flags, method, path, scheme,
     # x-forwarded-proto, protocol, x-tenant, x-org, x-tier, x-zone, x-tenant-tier, status as two
-    # little-endian bytes, response details).
+    # little-endian bytes, response details, content-type, gRPC status byte: status + 2, so 1 is
+    # Envoy's -1 "unreadable").
     node = b"\xfe".join([b"cart-7d9f8b6c5-x2x8k", b"shop", b"", b"cart", b"cart-app", b"cart-wl", b"c1"])
 
     def req(flags, method, path, status, details=b"via_upstream", scheme=b"http", xfp=b"https", proto=b"HTTP/1.1",
-            tenant=b"acme", org=b"org;.;k8s_pod_name=.=x", tier=b"pro", zone=b"eu", tenant_tier=b"free"):
+            tenant=b"acme", org=b"org;.;k8s_pod_name=.=x", tier=b"pro", zone=b"eu", tenant_tier=b"free",
+            content_type=b"text/plain", grpc_status=2):
         return b"\xfe".join([bytes([flags]), method, path, scheme, xfp, proto, tenant, org, tier, zone, tenant_tier,
-                             status.to_bytes(2, "little"), details])
+                             status.to_bytes(2, "little"), details, content_type, bytes([grpc_status + 2])])
 
     requests = [
         req(0, b"GET", b"/users/42?x=1", 200),
@@ -78,6 +80,14 @@ def stat_names_seeds():
         req(0, b"DELETE", b"/e\xc3\xa9\x00\n\"\\", 500, proto=b"HTTP/2"),
         req(0, b"POST", b"/orders.v1.Orders/Create", 200, proto=b"HTTP/2"),
         req(0, b"GET", b"/static/app.js", 302, xfp=b"", scheme=b"HTTPS"),
+        # gRPC calls: OK, a caller's NOT_FOUND, a server UNAVAILABLE, an unreadable status, a reset.
+        req(0, b"POST", b"/shop.v1.Inventory/Get", 200, proto=b"HTTP/2", content_type=b"application/grpc", grpc_status=0),
+        req(0, b"POST", b"/shop.v1.Inventory/Get", 200, proto=b"HTTP/2", content_type=b"application/grpc+proto", grpc_status=5),
+        req(0, b"POST", b"/shop.v1.Inventory/List?x", 200, proto=b"HTTP/2", content_type=b"application/grpc", grpc_status=14),
+        req(0, b"POST", b"/only-one-part", 200, proto=b"HTTP/2", content_type=b"application/grpc;x=y", grpc_status=-1),
+        req(0, b"POST", b"/a.B/C", 200, b"upstream_reset_after_response_started{remote_reset}", proto=b"HTTP/2",
+            content_type=b"application/grpc", grpc_status=2),
+        req(0, b"POST", b"/a.B/C", 200, proto=b"HTTP/2", content_type=b"application/grpc-web", grpc_status=13),
     ]
     body = b"\xff".join([node] + requests)
     for selector in range(5):

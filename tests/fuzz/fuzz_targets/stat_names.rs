@@ -29,7 +29,10 @@ use metricpact::envoy_stats::{tag_regex, WASM_CUSTOM_PREFIX};
 use metricpact::labels::sanitize;
 use metricpact::names::OTHER;
 use metricpact::routes::anchored;
-use metricpact::telemetry::{error_type, status_class, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, CONTRACT_INFO_METRIC, SELF_METRIC_NAMES};
+use metricpact::telemetry::{
+    error_type, status_class, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, CONTRACT_INFO_METRIC, GRPC_STATUS_NAMES,
+    SELF_METRIC_NAMES,
+};
 use regex::Regex;
 use serde_json::json;
 
@@ -305,6 +308,8 @@ impl RequestAttributes for Req {
 struct Resp {
     status: Option<u32>,
     details: Option<Vec<u8>>,
+    /// Envoy's `response.grpc_status` (-1 when unreadable; Envoy reports one for any request).
+    grpc_status: Option<i64>,
 }
 
 impl ResponseAttributes for Resp {
@@ -316,6 +321,9 @@ impl ResponseAttributes for Resp {
     }
     fn duration_nanos(&self) -> Option<u64> {
         Some(3_000_000)
+    }
+    fn grpc_status(&self) -> Option<i64> {
+        self.grpc_status
     }
 }
 
@@ -335,6 +343,10 @@ fn request(chunk: &[u8]) -> (Req, Resp, bool) {
             headers.push((*name, v.to_vec()));
         }
     }
+    // Field 13: a content-type (gRPC or not); field 14: the gRPC status, -2 ..= 253.
+    if let Some(v) = get(13) {
+        headers.push(("content-type", v.to_vec()));
+    }
     let req = Req {
         method: opt(get(1)),
         path: opt(get(2)),
@@ -344,12 +356,20 @@ fn request(chunk: &[u8]) -> (Req, Resp, bool) {
         headers,
     };
     let status = get(11).filter(|s| s.len() >= 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as u32 % 1100);
-    let resp = Resp { status, details: opt(get(12)) };
+    let grpc_status = get(14).and_then(|s| s.first()).map(|&b| i64::from(b) - 2);
+    let resp = Resp { status, details: opt(get(12)), grpc_status };
     (req, resp, flags & 1 == 1)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The oracle: what the documentation says each label is
+
+/// gRPC is `application/grpc`, alone or with `+subtype` or parameters (not `grpc-web`).
+fn is_grpc(req: &Req) -> bool {
+    let Some(content_type) = req.header("content-type") else { return false };
+    let content_type = lossy(&content_type).to_ascii_lowercase();
+    content_type == "application/grpc" || content_type.starts_with("application/grpc+") || content_type.starts_with("application/grpc;")
+}
 
 fn lossy(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
@@ -494,20 +514,49 @@ impl<'c> Oracle<'c> {
                 lossy(p.strip_prefix(b"HTTP/").unwrap_or(p))
             }
             Source::RequestHeader { name } => lossy(&req.header(name)?),
+            Source::RequestGrpcMethod | Source::RequestGrpcService => {
+                if !is_grpc(req) {
+                    return None;
+                }
+                let path = lossy(req.path.as_ref()?);
+                let path = path.split('?').next().unwrap_or("");
+                let parts: Vec<&str> = path.split('/').collect();
+                match parts.as_slice() {
+                    ["", service, method] if !service.is_empty() && !method.is_empty() => {
+                        if *source == Source::RequestGrpcService { service.to_string() } else { format!("{service}/{method}") }
+                    }
+                    _ => OTHER.into(),
+                }
+            }
             // Node metadata in a chain with request sources: Envoy's (UTF-8) strings.
             other => lossy(&self.static_source(other)?),
         }
         .into_bytes())
     }
 
-    fn response_value(source: &Source, resp: &Resp) -> Option<Vec<u8>> {
+    fn response_value(&self, source: &Source, req: &Req, resp: &Resp) -> Option<Vec<u8>> {
         let status = resp.status.filter(|s| (100..=999).contains(s));
+        // gRPC calls only: the status by number and name, `_OTHER` when Envoy could not read it.
+        let grpc = resp.grpc_status.filter(|_| is_grpc(req));
+        let known = grpc.filter(|c| (0..=16).contains(c)).map(|c| c as usize);
+        let grpc_name = grpc.map(|_| known.map_or(OTHER, |c| GRPC_STATUS_NAMES[c]).to_string());
+        // Server: OTel's server-error list; client: anything but OK; unreadable: an error.
+        let grpc_error = grpc.is_some()
+            && known.is_none_or(|c| if self.config.client { c != 0 } else { [2, 4, 12, 13, 14, 15].contains(&c) });
         let value = match source {
             Source::ResponseStatusCode => status.map(|s| s.to_string()),
             Source::ResponseStatusClass => status.map(|s| status_class(s).to_string()),
+            Source::ResponseGrpcStatus => grpc.map(|_| known.map_or(OTHER.to_string(), |c| c.to_string())),
+            Source::ResponseGrpcStatusName => grpc_name.clone(),
             Source::ResponseErrorType => {
-                let failed = status.is_none_or(|s| s >= 500);
-                failed.then(|| error_type(status, resp.details.as_deref()).into_owned())
+                let failed = status.is_none_or(|s| s >= 500) || grpc_error;
+                // A proxy failure class wins; `error_type` without a status says whether there is one.
+                let proxy = error_type(None, resp.details.as_deref()).into_owned();
+                failed.then(|| match () {
+                    _ if proxy != OTHER => proxy,
+                    _ if grpc_error => grpc_name.clone().unwrap_or_default(),
+                    _ => error_type(status, resp.details.as_deref()).into_owned(),
+                })
             }
             _ => None,
         };
@@ -522,7 +571,7 @@ impl<'c> Oracle<'c> {
         }
         let response_side = spec.sources.iter().any(Source::is_response_side);
         let raw = match (response_side, resp) {
-            (true, Some(resp)) => spec.sources.iter().find_map(|s| Self::response_value(s, resp).filter(|v| !v.is_empty())),
+            (true, Some(resp)) => spec.sources.iter().find_map(|s| self.response_value(s, req, resp).filter(|v| !v.is_empty())),
             (true, None) => return String::new(),
             (false, _) => spec.sources.iter().find_map(|s| self.request_value(s, req).filter(|v| !v.is_empty())),
         };
