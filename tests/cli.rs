@@ -205,8 +205,9 @@ fn compile_refuses_a_broken_contract() {
 
 #[test]
 fn missing_file_is_an_io_error() {
+    // Unusable input (the README's convention: 2), told apart from a contract with errors (1).
     let out = metricpact(&["check", "/nonexistent/contract.yaml"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stdout(&out).starts_with("/nonexistent/contract.yaml:1:1: error: cannot read contract"));
 }
 

@@ -199,9 +199,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { files, format, strict } => {
             let mut failed = false;
+            let mut unreadable = false;
             let mut all = Vec::new();
             for file in &files {
                 let compiled = compile_file(file);
+                unreadable |= compiled.unreadable;
                 failed |= compiled
                     .diagnostics
                     .iter()
@@ -249,7 +251,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            // A file that cannot be read is unusable input (2), not a finding about a contract (1).
+            Ok(if unreadable { ExitCode::from(2) } else if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Compile { file, pretty } => {
             let Some(config) = compiled_or_report(compile_file(&file)) else { return Ok(ExitCode::from(1)) };

@@ -17,13 +17,16 @@ pub struct Compiled {
     pub deployment: Deployment,
     /// Every finding, errors and warnings, in file order.
     pub diagnostics: Vec<Diagnostic>,
+    /// The file could not be read at all (an I/O error, not a finding about its content): the
+    /// CLI exits 2 for unusable input.
+    pub unreadable: bool,
 }
 
 /// Loads, checks and compiles the contract at `path`.
 pub fn compile_file(path: &Path) -> Compiled {
     let source = match Source::read(path) {
         Ok(s) => s,
-        Err(d) => return Compiled { config: None, deployment: Deployment::default(), diagnostics: vec![d] },
+        Err((d, unreadable)) => return Compiled { config: None, deployment: Deployment::default(), diagnostics: vec![d], unreadable },
     };
     compile_source(&source)
 }
@@ -31,7 +34,7 @@ pub fn compile_file(path: &Path) -> Compiled {
 pub fn compile_source(source: &Source) -> Compiled {
     let contract = match source.parse() {
         Ok(c) => c,
-        Err(d) => return Compiled { config: None, deployment: Deployment::default(), diagnostics: vec![d] },
+        Err(d) => return Compiled { config: None, deployment: Deployment::default(), diagnostics: vec![d], unreadable: false },
     };
     let (mut config, mut deployment, diagnostics) = check(source, &contract);
     let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
@@ -39,7 +42,7 @@ pub fn compile_source(source: &Source) -> Compiled {
     if let Some(client) = &mut deployment.client {
         client.contract.hash = config.contract.hash.clone();
     }
-    Compiled { config: (!failed).then_some(config), deployment, diagnostics }
+    Compiled { config: (!failed).then_some(config), deployment, diagnostics, unreadable: false }
 }
 
 /// First 12 hex digits of the sha256 of the configuration with an empty hash: identifies what

@@ -40,23 +40,29 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn read(path: &Path) -> Result<Source, Diagnostic> {
-        let bytes = std::fs::read(path).map_err(|e| Diagnostic {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            severity: Severity::Error,
-            message: format!("cannot read contract: {e}"),
+    /// The file's text; on failure the diagnostic, and whether the file could not be read at all
+    /// (true) rather than read and found not to be text (false).
+    pub fn read(path: &Path) -> Result<Source, (Diagnostic, bool)> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            let d = Diagnostic {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                severity: Severity::Error,
+                message: format!("cannot read contract: {e}"),
+            };
+            (d, true)
         })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let (line, column) = position_of_byte(&e.as_bytes()[..e.utf8_error().valid_up_to()]);
-            Diagnostic {
+            let d = Diagnostic {
                 file: path.to_path_buf(),
                 line,
                 column,
                 severity: Severity::Error,
                 message: "contract is not valid UTF-8".into(),
-            }
+            };
+            (d, false)
         })?;
         Ok(Source { path: path.to_path_buf(), text })
     }

@@ -70,11 +70,12 @@ def load(envoy, args, cores, log, name, requests_target=None) -> dict:
     if requests < total:
         raise RuntimeError(f"{name}: only {requests} of {total} requests in {args.max_seconds} s")
     time.sleep(6)   # one stats flush (5 s) after the load: histograms merged, as a scraper would see them
+    completed = benchlib.admin_counter(envoy, served) - start   # the in-flight ones are done by now
     rss_after = benchlib.rss_bytes(envoy.proc.pid)
     log(f"  memory: {name:10s} {requests:,} requests in {elapsed:.0f} s ({requests / elapsed:,.0f} req/s); "
         f"VmRSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
-    return {"requests": requests, "seconds": elapsed, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms,
-            "rss_before": rss_before, "rss_after": rss_after}
+    return {"requests": requests, "completed": completed, "seconds": elapsed, "p50_ms": res.p50_ms,
+            "p99_ms": res.p99_ms, "rss_before": rss_before, "rss_after": rss_after}
 
 
 def run(args, cores: benchlib.Cores, log=print) -> dict:
@@ -93,7 +94,13 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
         plain = benchlib.started(stack, benchlib.proxy_config(upstream.port, [], stats), tmp, cores.envoy)
         result["metricpact"] = load(filtered, args, cores, log, "metricpact")
         expo = filtered.scrape()
-        result["metricpact"]["counted"] = expo.total(next(iter(metrics))) if metrics else None
+        counted = expo.total(next(iter(metrics))) if metrics else None
+        result["metricpact"]["counted"] = counted
+        # Every request Envoy completed went through the filter and was counted once: the budgets
+        # fold series, they never drop a request.
+        if counted is not None and counted != result["metricpact"]["completed"]:
+            raise RuntimeError(f"metricpact counted {counted:.0f} requests; Envoy completed "
+                               f"{result['metricpact']['completed']} on the listener")
         result["series"] = {name: series_count(expo, name, kind) for name, kind in metrics.items()}
         vm = expo.series(VM_MEMORY)
         result["vm_memory_bytes"] = max(s.value for s in vm) if vm else None

@@ -10,7 +10,9 @@
 //!   gauge      proxy_increment_metric on a gauge (+1, then -1 in the next call)
 //!   histogram  proxy_record_metric on a histogram
 //! Results returned by the host are freed at once. A configuration it cannot read makes
-//! on_configure fail (the bench checks the probe's counter moved).
+//! on_configure fail (the bench checks the probe's counter moved). A call that fails (a status
+//! other than Ok, or no data where data must come back) is counted in `probe.failures`: the bench
+//! refuses to price a call that did not work.
 
 use std::cell::Cell;
 use std::ptr::null_mut;
@@ -45,9 +47,11 @@ enum Operation {
 struct Probe {
     operation: Operation,
     count: u32,
-    /// The metric the operation updates; `calls` counts the probe's requests, to show it ran.
+    /// The metric the operation updates; `calls` counts the probe's requests, to show it ran;
+    /// `failures` the calls that did not work.
     metric: u32,
     calls: u32,
+    failures: u32,
 }
 
 thread_local! {
@@ -78,13 +82,14 @@ impl RootContext for Root {
             "histogram" => (Operation::Histogram, MetricType::Histogram),
             _ => return false,
         };
-        let (Ok(metric), Ok(calls)) = (
+        let (Ok(metric), Ok(calls), Ok(failures)) = (
             hostcalls::define_metric(kind, "probe.metric"),
             hostcalls::define_metric(MetricType::Counter, "probe.requests"),
+            hostcalls::define_metric(MetricType::Counter, "probe.failures"),
         ) else {
             return false;
         };
-        PROBE.with(|p| p.set(Some(Probe { operation, count, metric, calls })));
+        PROBE.with(|p| p.set(Some(Probe { operation, count, metric, calls, failures })));
         true
     }
 
@@ -112,40 +117,45 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(probe) = PROBE.with(|p| p.get()) else { return Action::Continue };
         let (mut data, mut size) = (null_mut(), 0);
+        let mut failed = 0;
         for i in 0..probe.count {
-            unsafe {
+            // Ok is 0 in the proxy-wasm ABI; data-returning calls must also return data.
+            let worked = unsafe {
                 match probe.operation {
                     Operation::Clock => {
                         let mut now = 0;
-                        proxy_get_current_time_nanoseconds(&mut now);
+                        proxy_get_current_time_nanoseconds(&mut now) == 0 && now > 0
                     }
                     Operation::Headers => {
-                        proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size);
+                        let status = proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size);
                         free(data, size);
+                        status == 0 && size > 0
                     }
                     Operation::Header => {
-                        proxy_get_header_map_value(REQUEST_HEADERS, b":path".as_ptr(), 5, &mut data, &mut size);
+                        let status = proxy_get_header_map_value(REQUEST_HEADERS, b":path".as_ptr(), 5, &mut data, &mut size);
                         free(data, size);
+                        status == 0 && size > 0
                     }
                     Operation::Property => {
                         let path = b"request\0protocol";
-                        proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size);
+                        let status = proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size);
                         free(data, size);
+                        status == 0 && size > 0
                     }
-                    Operation::Counter => {
-                        proxy_increment_metric(probe.metric, 1);
-                    }
-                    Operation::Gauge => {
-                        proxy_increment_metric(probe.metric, if i % 2 == 0 { 1 } else { -1 });
-                    }
-                    Operation::Histogram => {
-                        proxy_record_metric(probe.metric, 42);
-                    }
+                    Operation::Counter => proxy_increment_metric(probe.metric, 1) == 0,
+                    Operation::Gauge => proxy_increment_metric(probe.metric, if i % 2 == 0 { 1 } else { -1 }) == 0,
+                    Operation::Histogram => proxy_record_metric(probe.metric, 42) == 0,
                 }
-            }
-            data = null_mut();
+            };
+            failed += u32::from(!worked);
+            (data, size) = (null_mut(), 0);
         }
-        unsafe { proxy_increment_metric(probe.calls, 1) };
+        unsafe {
+            proxy_increment_metric(probe.calls, 1);
+            if failed > 0 {
+                proxy_increment_metric(probe.failures, i64::from(failed));
+            }
+        }
         Action::Continue
     }
 }
