@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench fidelity soak fuzz fuzz-smoke clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench fidelity soak fuzz fuzz-goal fuzz-smoke clean
 
 all: build
 
@@ -85,6 +85,10 @@ soak: build
 FUZZ_SECONDS ?= 300
 fuzz: deps
 	CARGO="$(CARGO)" FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
+
+## fuzz-goal: every fuzz target until 10 M executions (stat_names, the slowest, takes about 70 min)
+fuzz-goal: deps
+	CARGO="$(CARGO)" FUZZ_RUNS=10000000 bash tests/fuzz/run.sh
 
 ## fuzz-smoke: every fuzz target for 30 s
 fuzz-smoke: deps

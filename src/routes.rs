@@ -25,6 +25,7 @@ pub struct RouteError {
     pub message: String,
 }
 
+#[derive(Clone)]
 struct Rule {
     matcher: Matcher,
     template: String,
@@ -32,6 +33,7 @@ struct Rule {
     expands: bool,
 }
 
+#[derive(Clone)]
 enum Matcher {
     Exact(String),
     Prefix(String),
@@ -39,7 +41,8 @@ enum Matcher {
     Regex(usize),
 }
 
-/// The compiled route table.
+/// The compiled route table. Cloning shares the compiled regexes (they are reference-counted).
+#[derive(Clone)]
 pub struct RouteMatcher {
     rules: Vec<Rule>,
     set: RegexSet,

@@ -273,8 +273,22 @@ impl Engine {
         node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>,
     ) -> Result<Engine, ConfigError> {
         crate::validate::plugin_config(config).map_err(ConfigError)?;
-        let routes = RouteMatcher::new(&config.routes.rules)
-            .map_err(|e| ConfigError(format!("routes.rules[{}]: {}", e.rule, e.message)))?;
+        Ok(Self::with_routes(config, Self::routes(config)?, node))
+    }
+
+    /// The configuration's route table, compiled (the costly part of building an engine).
+    pub fn routes(config: &PluginConfig) -> Result<RouteMatcher, ConfigError> {
+        RouteMatcher::new(&config.routes.rules).map_err(|e| ConfigError(format!("routes.rules[{}]: {}", e.rule, e.message)))
+    }
+
+    /// Builds the engine of an already validated `config` around its compiled `routes`
+    /// ([`Engine::routes`]), for callers that build many engines of one configuration (the fuzz
+    /// targets: a fresh engine per input, the regexes compiled once).
+    pub fn with_routes(
+        config: &PluginConfig,
+        routes: RouteMatcher,
+        node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>,
+    ) -> Engine {
         let max_value_length = config.max_value_length as usize;
         let clean = |v: &[u8]| sanitize(v, max_value_length).into_owned();
         let mut labels = Vec::with_capacity(config.labels.len());
@@ -363,7 +377,7 @@ impl Engine {
                 }
             }
         }
-        Ok(Engine {
+        Engine {
             contract: config.contract.clone(),
             needs_error_type: labels.iter().any(|l| l.sources.contains(&Source::ResponseErrorType)),
             grpc_aware: labels.iter().any(|l| l.sources.iter().any(|s| s.is_grpc_only() || *s == Source::ResponseErrorType)),
@@ -400,7 +414,7 @@ impl Engine {
             active_old: old_name(config.active_requests.as_ref().map(|m| &m.name)),
             label_aliases,
             contract_info: None,
-        })
+        }
     }
 
     /// Ends the migrations whose sunset has passed at `now_unix` (seconds); the filter calls it at

@@ -5,6 +5,8 @@
 #   tests/fuzz/run.sh [TARGET...]           # all targets when none is named
 #   FUZZ_SECONDS=30 tests/fuzz/run.sh       # what `make fuzz-smoke` runs
 #   CARGO="cargo +nightly" tests/fuzz/run.sh
+#   FUZZ_RUNS=10000000 tests/fuzz/run.sh    # each target until 10 M executions (`make fuzz-goal`),
+#                                           # FUZZ_SECONDS then caps each target's time (default 3 h)
 #
 # Works on the stable toolchain: cargo-fuzz builds with `--sanitizer none` (the targets are safe
 # Rust; libFuzzer's coverage instrumentation needs no nightly flag). Everything it writes stays
@@ -16,7 +18,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 CARGO=${CARGO:-cargo}
-FUZZ_SECONDS=${FUZZ_SECONDS:-300}
+FUZZ_RUNS=${FUZZ_RUNS:-}
+if [ -n "$FUZZ_RUNS" ]; then FUZZ_SECONDS=${FUZZ_SECONDS:-10800}; else FUZZ_SECONDS=${FUZZ_SECONDS:-300}; fi
 FUZZ_DIR=tests/fuzz
 OUT=$PWD/target/fuzz
 ALL=(exposition stat_names plugin_config contract)
@@ -45,7 +48,7 @@ fi
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bin_dir=$OUT/$triple/release
 
-declare -A result execs
+declare -A result execs took
 failed=0
 for t in "${targets[@]}"; do
   corpus=$OUT/corpus/$t
@@ -60,14 +63,20 @@ for t in "${targets[@]}"; do
     -artifact_prefix="$artifacts/"
   )
   [ -f "$FUZZ_DIR/dict/$t.dict" ] && args+=(-dict="$FUZZ_DIR/dict/$t.dict")
-  log "running $t for ${FUZZ_SECONDS}s (log: ${logfile#"$PWD"/})"
+  [ -n "$FUZZ_RUNS" ] && args+=(-runs="$FUZZ_RUNS")
+  started=$SECONDS
+  log "running $t ${FUZZ_RUNS:+for $FUZZ_RUNS executions, }for at most ${FUZZ_SECONDS}s (log: ${logfile#"$PWD"/})"
   # New inputs go to the first corpus directory (under target/), the seeds are only read.
   "$bin_dir/$t" "${args[@]}" "$corpus" "$FUZZ_DIR/corpus/$t" >"$logfile" 2>&1
   rc=$?
   runs=$(sed -n 's/^stat::number_of_executed_\(runs\|units\): *\([0-9]*\).*/\2/p' "$logfile" | tail -1)
   [ -n "$runs" ] || runs=$(sed -n 's/^#\([0-9]*\)[[:space:]]*DONE.*/\1/p; s/^Done \([0-9]*\) runs.*/\1/p' "$logfile" | tail -1)
   execs[$t]=${runs:-?}
-  if [ $rc -eq 0 ]; then
+  took[$t]=$((SECONDS - started))
+  if [ $rc -eq 0 ] && [ -n "$FUZZ_RUNS" ] && [ "${runs:-0}" -lt "$FUZZ_RUNS" ]; then
+    failed=1
+    result[$t]="short: ${runs:-0} of $FUZZ_RUNS executions in ${FUZZ_SECONDS}s"
+  elif [ $rc -eq 0 ]; then
     result[$t]=ok
   else
     failed=1
@@ -84,9 +93,11 @@ for t in "${targets[@]}"; do
   fi
 done
 
-printf '\nfuzz summary (%ss per target, sanitizer none):\n' "$FUZZ_SECONDS"
-printf '  %-14s %14s  %s\n' target execs result
+printf '\nfuzz summary (%s, sanitizer none):\n' "${FUZZ_RUNS:+$FUZZ_RUNS executions per target, at most }${FUZZ_SECONDS}s per target"
+printf '  %-14s %14s %8s %10s  %s\n' target execs seconds execs/s result
 for t in "${targets[@]}"; do
-  printf '  %-14s %14s  %s\n' "$t" "${execs[$t]}" "${result[$t]}"
+  rate="?"
+  [[ "${execs[$t]}" =~ ^[0-9]+$ ]] && [ "${took[$t]}" -gt 0 ] && rate=$((execs[$t] / took[$t]))
+  printf '  %-14s %14s %8s %10s  %s\n' "$t" "${execs[$t]}" "${took[$t]}" "$rate" "${result[$t]}"
 done
 exit $failed

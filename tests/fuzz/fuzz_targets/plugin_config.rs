@@ -107,7 +107,6 @@ fuzz_target!(|data: &[u8]| {
         let mut host = Null(0);
         engine.define_self_metrics(&mut host);
         for path in [&b"/"[..], b"/users/42?x=1", b"/a;.;b=.=c/\xff\xfe"] {
-            let path: &'static [u8] = Box::leak(path.to_vec().into_boxed_slice());
             let flight = engine.start(&mut host, &Req(path));
             engine.finish(&mut host, flight, &Resp);
         }

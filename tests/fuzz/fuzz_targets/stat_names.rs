@@ -29,6 +29,7 @@ use metricpact::envoy_stats::{tag_regex, WASM_CUSTOM_PREFIX};
 use metricpact::labels::sanitize;
 use metricpact::names::OTHER;
 use metricpact::routes::anchored;
+use metricpact::routes::RouteMatcher;
 use metricpact::telemetry::{
     error_type, status_class, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, CONTRACT_INFO_METRIC, GRPC_STATUS_NAMES,
     SELF_METRIC_NAMES,
@@ -138,6 +139,14 @@ fn configs() -> &'static Vec<PluginConfig> {
     })
 }
 
+thread_local! {
+    /// Each configuration's compiled route table (validated with the engine once).
+    static ROUTES: Vec<RouteMatcher> = configs()
+        .iter()
+        .map(|c| Engine::new(c, &|_, _| None).and_then(|_| Engine::routes(c)).expect("fixture configuration loads"))
+        .collect();
+}
+
 /// The tag extractors Envoy gets for a configuration (`metricpact envoy-stats`, Istio's
 /// `extraStatTags`), in order. [`tag_match`] implements the regex they render, checked here.
 fn extractors() -> &'static Vec<Vec<String>> {
@@ -164,23 +173,49 @@ fn extractors() -> &'static Vec<Vec<String>> {
     })
 }
 
-/// The first match of Envoy's `(TAG=\.=(.*?);\.;)` in `name` (leftmost, lazy, `.` is anything
-/// but a newline): the matched range and the value (group 2). By hand, as the regex crate under
-/// coverage instrumentation made this target ten times slower.
-fn tag_match<'a>(name: &'a str, tag: &str) -> Option<(usize, usize, &'a str)> {
-    let head = format!("{tag}=.=");
-    let mut from = 0;
-    while let Some(i) = name[from..].find(&head) {
-        let start = from + i;
-        let value_start = start + head.len();
-        if let Some(j) = name[value_start..].find(";.;") {
-            let value = &name[value_start..value_start + j];
-            if !value.contains('\n') {
-                return Some((start, value_start + j + 3, value));
+/// Where `=.=` and `;.;` start in a stat name, overlapping occurrences included: found once per
+/// name, so matching each of a configuration's tags costs a few comparisons, not a search.
+struct Separators {
+    heads: Vec<usize>,
+    ends: Vec<usize>,
+}
+
+impl Separators {
+    fn of(name: &str) -> Separators {
+        let b = name.as_bytes();
+        let (mut heads, mut ends) = (Vec::new(), Vec::new());
+        for i in 0..b.len().saturating_sub(2) {
+            match &b[i..i + 3] {
+                b"=.=" => heads.push(i),
+                b";.;" => ends.push(i),
+                _ => {}
             }
         }
-        // Tags are ASCII: the next byte is a character boundary.
-        from = start + 1;
+        Separators { heads, ends }
+    }
+}
+
+/// What Envoy's tag regex `(TAG=\.=(.*?);\.;)` finds in `name` (the first match; `.` does not
+/// match a newline): the match's range and the value. Checked against the regex itself.
+fn tag_match<'a>(name: &'a str, tag: &str) -> Option<(usize, usize, &'a str)> {
+    tag_match_in(name, &Separators::of(name), tag)
+}
+
+fn tag_match_in<'a>(name: &'a str, seps: &Separators, tag: &str) -> Option<(usize, usize, &'a str)> {
+    let bytes = name.as_bytes();
+    for &head in &seps.heads {
+        // The leftmost `TAG=.=` first, as the regex finds it.
+        if head < tag.len() || &bytes[head - tag.len()..head] != tag.as_bytes() {
+            continue;
+        }
+        let value_start = head + 3;
+        let next_end = seps.ends.partition_point(|&e| e < value_start);
+        if let Some(&end) = seps.ends.get(next_end) {
+            let value = &name[value_start..end];
+            if !value.contains('\n') {
+                return Some((head - tag.len(), end + 3, value));
+            }
+        }
     }
     None
 }
@@ -228,10 +263,11 @@ impl MetricHost for Host {
 /// tag (group 2) and is removed (group 1) from the tag-extracted name.
 fn extract(name: &str, extractors: &[String]) -> (String, BTreeMap<String, String>) {
     let full = format!("{WASM_CUSTOM_PREFIX}{name}");
+    let seps = Separators::of(&full);
     let mut removed = vec![false; full.len()];
     let mut tags = BTreeMap::new();
     for tag in extractors {
-        if let Some((start, end, value)) = tag_match(&full, tag) {
+        if let Some((start, end, value)) = tag_match_in(&full, &seps, tag) {
             removed[start..end].iter_mut().for_each(|r| *r = true);
             assert!(tags.insert(tag.clone(), value.to_string()).is_none(), "tag `{tag}` extracted twice from {name}");
         }
@@ -633,7 +669,9 @@ fuzz_target!(|data: &[u8]| {
         node_fields.get(i).cloned()
     };
 
-    let mut engine = Engine::new(config, &node).expect("fixture configuration loads");
+    // A fresh engine per input (its state is what is tested), around the configuration's route
+    // table compiled once: the regex compilation was most of each iteration.
+    let mut engine = Engine::with_routes(config, ROUTES.with(|r| r[index].clone()), &node);
     let mut host = Host::default();
     engine.define_self_metrics(&mut host);
     static REGEXES: OnceLock<Vec<Vec<Option<Regex>>>> = OnceLock::new();
@@ -646,16 +684,22 @@ fuzz_target!(|data: &[u8]| {
     let duration_metric = config.duration.as_ref().map(|m| m.name.as_str());
     let active_metric = config.active_requests.as_ref().map(|m| m.name.as_str());
 
-    // Stat names decode once (ids are stable).
-    let decoded: RefCell<HashMap<u32, (String, BTreeMap<String, String>)>> = RefCell::default();
-    let decode_id = |host: &Host, id: u32| {
+    // Stat names decode once (ids are stable): (metric, every tag, the contract's labels).
+    type Decoded = (String, BTreeMap<String, String>, BTreeMap<String, String>);
+    let decoded: RefCell<HashMap<u32, Decoded>> = RefCell::default();
+    let decode_full = |host: &Host, id: u32| -> Decoded {
         let mut decoded = decoded.borrow_mut();
         let entry = decoded.entry(id).or_insert_with(|| {
             let name = &host.names[id as usize].1;
             let (metric, tags) = decode(name, extractors, &metrics, max_len);
-            (metric, traffic_labels(config, name, &tags))
+            let traffic = traffic_labels(config, name, &tags);
+            (metric, tags, traffic)
         });
         entry.clone()
+    };
+    let decode_id = |host: &Host, id: u32| {
+        let (metric, _, traffic) = decode_full(host, id);
+        (metric, traffic)
     };
 
     for chunk in chunks.take(16) {
@@ -708,8 +752,8 @@ fuzz_target!(|data: &[u8]| {
     // The pod's identity: labels whose every source is fixed per sidecar (node metadata, constants).
     let identity: HashSet<&str> =
         config.labels.iter().filter(|l| l.sources.iter().all(Source::is_static)).map(|l| l.name.as_str()).collect();
-    for (_, name) in &host.names {
-        let (metric, labels) = decode(name, extractors, &metrics, max_len);
+    for (id, (_, name)) in host.names.iter().enumerate() {
+        let (metric, labels, _) = decode_full(&host, id as u32);
         assert!(labels.keys().all(|k| tags.contains(k.as_str())));
         if metric == CONTRACT_INFO_METRIC {
             let traffic: Vec<_> = labels.keys().filter(|k| !k.starts_with("metricpact_") && !identity.contains(k.as_str())).collect();
