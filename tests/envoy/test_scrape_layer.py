@@ -320,6 +320,7 @@ def test_keda_reads_the_injected_qps_of_the_workload(cluster, name):
     trigger = triggers(c)["qps-per-pod"]
     assert trigger["metricType"] == "AverageValue" and trigger["metadata"]["ignoreNullValues"] == "false"
     total = keda_metric(trigger, cluster.at)
+    print(f"\n{name}: KEDA qps-per-pod reads {total:.3f} req/s, injected {sum(by_name(c).values())}")
     assert total == pytest.approx(sum(by_name(c).values()), rel=MAX_QPS_ERROR), trigger["metadata"]["query"]
     # AverageValue: KEDA's HPA divides by the ready replicas and compares with the threshold.
     assert total / len(c.pods) < float(trigger["metadata"]["threshold"])
@@ -332,6 +333,7 @@ def test_the_adapter_serves_each_pods_qps(cluster, name):
     metric = next(m["pods"]["metric"]["name"] for m in c.rendered.one("hpa.yaml")["spec"]["metrics"] if m["type"] == "Pods")
     values = adapter.pod_values(metric, c.namespace, list(by_name(c)), cluster.at)
     assert set(values) == set(by_name(c))
+    print(f"\n{name}: adapter per-pod QPS {values}, injected {by_name(c)}")
     for pod, rate in by_name(c).items():
         assert values[pod] == pytest.approx(rate, rel=MAX_QPS_ERROR), pod
 
