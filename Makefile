@@ -68,6 +68,7 @@ bench: build
 	  --target-dir target/bench-empty-filter
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path tests/bench/hostcall-filter/Cargo.toml \
 	  --target-dir target/bench-hostcall-filter
+	$(CARGO) build --release --target wasm32-wasip1 --lib --features bench-stages --target-dir target/bench-stages
 	$(CARGO) bench --bench rewrite --no-run
 	CARGO="$(CARGO)" $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 

