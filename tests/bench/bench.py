@@ -315,10 +315,13 @@ def report(results: dict, args, elapsed: float) -> str:
                     f"{instructions.PROBE_CALLS} per request, minus the empty filter, / {instructions.PROBE_CALLS}):", "",
                     "| hostcall | instructions | per metricpact request (default contract) |", "|---|---:|---:|"]
             for op, per_call in first["per_call"].items():
-                out.append(f"| {hostcall_cost.DESCRIPTION[op]} | {per_call:,.0f} | ×{hostcall_cost.PER_REQUEST[op]} |")
+                used = hostcall_cost.PER_REQUEST.get(op)
+                out.append(f"| {hostcall_cost.DESCRIPTION.get(op) or instructions.CEL_PROBES[op]} | {per_call:,.0f} | "
+                           f"{'–' if used is None else f'×{used}'} |")
             # The floor under the proxy-wasm ABI: what any filter pays (the empty filter) plus the
             # hostcalls the default contract's labels and metrics cannot do without.
-            calls = sum(per_call * hostcall_cost.PER_REQUEST[op] for op, per_call in first["per_call"].items())
+            calls = sum(per_call * hostcall_cost.PER_REQUEST[op] for op, per_call in first["per_call"].items()
+                        if op in hostcall_cost.PER_REQUEST)
             floor = v["empty filter"]["per_request"] + calls
             own = v["metricpact"]["per_request"] - floor
             base = v["no filter"]["per_request"]

@@ -55,6 +55,12 @@ STAGE_TEXT = {
 }
 CONNECTIONS = 4
 PROBE_CALLS = 20
+# Beyond section 4's hostcalls: one CEL evaluation (Envoy's `expr_evaluate` foreign function) of
+# one attribute and of a list of four, to price batching several attribute reads into one call.
+CEL_PROBES = {
+    "cel1": "CEL `expr_evaluate` of `request.protocol`",
+    "cel4": "CEL `expr_evaluate` of a list of 4 attributes (protocol, method, path, a header)",
+}
 
 
 # ---------------------------------------------------------------- the request mix (traffic.lua)
@@ -235,6 +241,12 @@ def measure(name: str, config: dict, workdir: Path, requests: list, args, log=pr
         envoy.control("-z")
         statuses = send(envoy.port, requests, args.requests, offset=args.warmup)
         total, dump = envoy.instructions_since_zero()
+        if name.startswith("probe: "):
+            # After the window: a call that failed or a probe that did not run prices nothing.
+            failures = benchlib.admin_counter(envoy, "wasmcustom.probe.failures")
+            ran = benchlib.admin_counter(envoy, "wasmcustom.probe.requests")
+            if failures or ran < args.warmup + args.requests:
+                raise RuntimeError(f"{name}: {failures} failed calls, {ran} probed requests of {args.warmup + args.requests}")
         if getattr(args, "keep", None):
             args.keep.mkdir(parents=True, exist_ok=True)
             (args.keep / f"{re.sub(r'[^a-z0-9]+', '-', name)}.callgrind").write_bytes(dump.read_bytes())
@@ -257,7 +269,7 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
     # The hostcall probe making PROBE_CALLS calls of one kind per request: (its count - the empty
     # filter's) / PROBE_CALLS is what one such call costs, crossings included.
     if benchlib.HOSTCALL_WASM.exists():
-        for op in hostcall_cost.OPERATIONS:
+        for op in [*hostcall_cost.OPERATIONS, *CEL_PROBES]:
             variants[f"probe: {op}"] = ([harness.wasm_http_filter(f"{op}:{PROBE_CALLS}", wasm=benchlib.HOSTCALL_WASM,
                                                                   name="probe")], default_stats)
     if STAGES_WASM.exists():
@@ -303,7 +315,7 @@ def main():
         x = f"  x{v['x_nofilter']:.3f} no filter" if v["x_nofilter"] else ""
         print(f"{name:28s} {v['per_request'] / 1e3:8.1f} k instructions per request{x}")
     for op, per_call in r.get("per_call", {}).items():
-        print(f"one {hostcall_cost.DESCRIPTION[op]:55s} {per_call:8.0f} instructions")
+        print(f"one {hostcall_cost.DESCRIPTION.get(op) or CEL_PROBES[op]:55s} {per_call:8.0f} instructions")
 
 
 if __name__ == "__main__":

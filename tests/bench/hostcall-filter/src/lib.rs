@@ -9,6 +9,8 @@
 //!   counter    proxy_increment_metric on a counter
 //!   gauge      proxy_increment_metric on a gauge (+1, then -1 in the next call)
 //!   histogram  proxy_record_metric on a histogram
+//!   cel1, cel4 proxy_call_foreign_function("expr_evaluate") of a CEL expression created in
+//!              on_configure: `request.protocol`, and a list of four attributes (batching)
 //! Results returned by the host are freed at once. A configuration it cannot read makes
 //! on_configure fail (the bench checks the probe's counter moved). A call that fails (a status
 //! other than Ok, or no data where data must come back) is counted in `probe.failures`: the bench
@@ -28,6 +30,7 @@ extern "C" {
     fn proxy_get_property(path_data: *const u8, path_size: usize, return_value_data: *mut *mut u8, return_value_size: *mut usize) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_call_foreign_function(name_data: *const u8, name_size: usize, arguments_data: *const u8, arguments_size: usize, return_results_data: *mut *mut u8, return_results_size: *mut usize) -> u32;
 }
 
 const REQUEST_HEADERS: u32 = 0;
@@ -41,6 +44,8 @@ enum Operation {
     Counter,
     Gauge,
     Histogram,
+    Cel1,
+    Cel4,
 }
 
 #[derive(Clone, Copy)]
@@ -52,6 +57,8 @@ struct Probe {
     metric: u32,
     calls: u32,
     failures: u32,
+    /// The CEL expression's token (`expr_create`), for the cel operations.
+    token: u32,
 }
 
 thread_local! {
@@ -80,6 +87,8 @@ impl RootContext for Root {
             "counter" => (Operation::Counter, MetricType::Counter),
             "gauge" => (Operation::Gauge, MetricType::Gauge),
             "histogram" => (Operation::Histogram, MetricType::Histogram),
+            "cel1" => (Operation::Cel1, MetricType::Counter),
+            "cel4" => (Operation::Cel4, MetricType::Counter),
             _ => return false,
         };
         let (Ok(metric), Ok(calls), Ok(failures)) = (
@@ -89,7 +98,19 @@ impl RootContext for Root {
         ) else {
             return false;
         };
-        PROBE.with(|p| p.set(Some(Probe { operation, count, metric, calls, failures })));
+        let expression = match operation {
+            Operation::Cel1 => Some("request.protocol"),
+            Operation::Cel4 => Some("[request.protocol, request.method, request.path, 'x-tenant' in request.headers ? request.headers['x-tenant'] : '']"),
+            _ => None,
+        };
+        let mut token = 0;
+        if let Some(expression) = expression {
+            match hostcalls::call_foreign_function("expr_create", Some(expression.as_bytes())) {
+                Ok(Some(t)) if t.len() == 4 => token = u32::from_le_bytes([t[0], t[1], t[2], t[3]]),
+                _ => return false,
+            }
+        }
+        PROBE.with(|p| p.set(Some(Probe { operation, count, metric, calls, failures, token })));
         true
     }
 
@@ -145,6 +166,13 @@ impl HttpContext for Stream {
                     Operation::Counter => proxy_increment_metric(probe.metric, 1) == 0,
                     Operation::Gauge => proxy_increment_metric(probe.metric, if i % 2 == 0 { 1 } else { -1 }) == 0,
                     Operation::Histogram => proxy_record_metric(probe.metric, 42) == 0,
+                    Operation::Cel1 | Operation::Cel4 => {
+                        let name = b"expr_evaluate";
+                        let token = probe.token.to_le_bytes();
+                        let status = proxy_call_foreign_function(name.as_ptr(), name.len(), token.as_ptr(), 4, &mut data, &mut size);
+                        free(data, size);
+                        status == 0 && size > 0
+                    }
                 }
             };
             failed += u32::from(!worked);
