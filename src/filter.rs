@@ -10,7 +10,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::PluginConfig;
 use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
-use crate::telemetry::{encode_tags, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
+use crate::telemetry::{encode_tags, Bytes, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
 
 mod host;
 mod stages;
@@ -350,28 +350,30 @@ struct HostRequest {
 }
 
 impl HostRequest {
-    fn get(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.get_or_init(|| host::header_pairs(host::REQUEST_HEADERS).map(HeaderPairs)).as_ref()?.get(name).map(<[u8]>::to_vec)
+    /// A request header, borrowed from the map read once per request.
+    fn get(&self, name: &str) -> Option<Bytes<'_>> {
+        let pairs = self.headers.get_or_init(|| host::header_pairs(host::REQUEST_HEADERS).map(HeaderPairs));
+        pairs.as_ref()?.get(name).map(Bytes::Borrowed)
     }
 }
 
 impl RequestAttributes for HostRequest {
-    fn method(&self) -> Option<Vec<u8>> {
+    fn method(&self) -> Option<Bytes<'_>> {
         self.get(":method")
     }
-    fn path(&self) -> Option<Vec<u8>> {
+    fn path(&self) -> Option<Bytes<'_>> {
         self.get(":path")
     }
-    fn scheme(&self) -> Option<Vec<u8>> {
+    fn scheme(&self) -> Option<Bytes<'_>> {
         self.get(":scheme")
     }
-    fn forwarded_proto(&self) -> Option<Vec<u8>> {
+    fn forwarded_proto(&self) -> Option<Bytes<'_>> {
         self.get("x-forwarded-proto")
     }
-    fn protocol(&self) -> Option<Vec<u8>> {
-        property(&["request", "protocol"])
+    fn protocol(&self) -> Option<Bytes<'_>> {
+        property(&["request", "protocol"]).map(Bytes::Owned)
     }
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
+    fn header(&self, name: &str) -> Option<Bytes<'_>> {
         self.get(name)
     }
 }
@@ -439,7 +441,7 @@ impl HttpContext for Stream {
             self.flight = Some(engine.start(stats_host(&mut EnvoyStats, &mut DiscardedStats), &request));
         }
         if let Some(exposition) = &self.exposition {
-            let is_get = request.method().is_some_and(|m| m == b"GET");
+            let is_get = request.method().is_some_and(|m| *m == *b"GET");
             if is_get && request.path().is_some_and(|p| exposition.is_scrape(&p)) {
                 // Ask the app for the text format, uncompressed. The response headers leave before
                 // the body can be read (proxy-wasm cannot hold them and still see the body without

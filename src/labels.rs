@@ -30,9 +30,31 @@ pub fn sanitize(raw: &[u8], max_len: usize) -> std::borrow::Cow<'_, str> {
     )
 }
 
-fn is_safe(b: u8) -> bool {
-    (0x21..=0x7e).contains(&b) && !matches!(b, b';' | b'=' | b'"' | b'\\')
+/// [`sanitize`] for a value that is text already (every value the engine resolves): the common
+/// case, nothing to replace, is one scan and no UTF-8 validation.
+pub fn sanitize_str(raw: &str, max_len: usize) -> std::borrow::Cow<'_, str> {
+    let cut = raw.len().min(max_len);
+    if raw.as_bytes()[..cut].iter().all(|&b| is_safe(b)) {
+        // Safe bytes are ASCII, so `cut` is a char boundary.
+        return std::borrow::Cow::Borrowed(&raw[..cut]);
+    }
+    sanitize(raw.as_bytes(), max_len)
 }
+
+fn is_safe(b: u8) -> bool {
+    SAFE[b as usize]
+}
+
+/// [`sanitize`]'s rule as a table: every value of every request is scanned with it.
+static SAFE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x21;
+    while b <= 0x7e {
+        table[b] = !matches!(b as u8, b';' | b'=' | b'"' | b'\\');
+        b += 1;
+    }
+    table
+};
 
 /// Outcome of interning one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +64,33 @@ pub struct Interned {
     pub overflowed: bool,
 }
 
+/// An Fx-style word-at-a-time mix: fast, and weak against chosen inputs, so only for keys we
+/// assign (series keys) or where a collision costs a cache miss and nothing else (the memo).
+pub(crate) fn fast_mix(mut state: u64, bytes: &[u8]) -> u64 {
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        state = (state.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    state
+}
+
+/// Slots of a table's memo (a power of two).
+const MEMO_SLOTS: usize = 64;
+const MEMO_EMPTY: u32 = u32::MAX;
+
 /// The distinct values one label has taken, capped at `max_values` (plus the empty value and
 /// `_OTHER`, which are always present and do not count).
 #[derive(Debug)]
 pub struct ValueTable {
+    /// Keyed (SipHash): values come from requests, and a chosen-collision flood must not turn
+    /// every lookup into a scan of the table.
     ids: HashMap<Box<str>, u32>,
+    /// A direct-mapped cache of recent lookups in front of `ids`, by a fast unkeyed hash: the
+    /// per-request path asks for the same few values again and again, and SipHash was the
+    /// largest single cost of a request in the core. A slot holds an id whose value is compared
+    /// in full before use, so a collision (chosen or not) only sends the lookup on to `ids`.
+    memo: [u32; MEMO_SLOTS],
     values: Vec<Box<str>>,
     max_values: usize,
     /// Values the contract fixed (not counted against `max_values`).
@@ -59,6 +103,7 @@ impl ValueTable {
     pub fn new(max_values: u32, allowed: Option<&[String]>) -> ValueTable {
         let mut table = ValueTable {
             ids: HashMap::new(),
+            memo: [MEMO_EMPTY; MEMO_SLOTS],
             values: Vec::new(),
             max_values: max_values as usize,
             fixed: 0,
@@ -98,13 +143,21 @@ impl ValueTable {
     /// Like [`intern`](Self::intern), but a value new to this table is admitted only if `admit`
     /// agrees too: the budget is shared by every Wasm VM of the process, and `admit` asks it.
     pub fn intern_with(&mut self, value: &str, admit: impl FnOnce(&str) -> bool) -> Interned {
+        let slot = fast_mix(value.len() as u64, value.as_bytes()) as usize % MEMO_SLOTS;
+        let cached = self.memo[slot];
+        if cached != MEMO_EMPTY && *self.values[cached as usize] == *value {
+            return Interned { id: cached, overflowed: false };
+        }
         if let Some(&id) = self.ids.get(value) {
+            self.memo[slot] = id;
             return Interned { id, overflowed: false };
         }
         if self.closed || self.admitted() >= self.max_values || !admit(value) {
             return Interned { id: OTHER_ID, overflowed: true };
         }
-        Interned { id: self.insert(value), overflowed: false }
+        let id = self.insert(value);
+        self.memo[slot] = id;
+        Interned { id, overflowed: false }
     }
 
     /// Admits a value the contract itself fixed (a route template, a known method) regardless of
@@ -151,6 +204,22 @@ mod tests {
     #[test]
     fn sanitize_cuts_at_the_limit() {
         assert_eq!(sanitize(b"abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn safe_bytes_are_printable_ascii_but_the_separators_and_quoting() {
+        for b in 0..=255u8 {
+            let expected = (0x21..=0x7e).contains(&b) && !matches!(b, b';' | b'=' | b'"' | b'\\');
+            assert_eq!(is_safe(b), expected, "byte {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn sanitize_str_agrees_with_sanitize() {
+        for (raw, max) in [("/users/{id}", 64), ("a;.;b=.=c", 64), ("abcdef", 3), ("é/x", 1), ("xé", 2), ("tab\there", 5), ("", 4)] {
+            assert_eq!(sanitize_str(raw, max), sanitize(raw.as_bytes(), max), "{raw:?} cut at {max}");
+        }
+        assert!(matches!(sanitize_str("/users/{id}", 64), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -158,7 +158,8 @@ impl RouteMatcher {
 
     /// Routes `path` (query and fragment are ignored). First matching rule in contract order wins.
     pub fn route<'a>(&self, path: &'a str) -> RouteOutcome<'a> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
+        // A byte search: `?` and `#` are ASCII, so the cut is on a char boundary.
+        let path = &path[..path.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(path.len())];
         let first_regex = if self.regexes.is_empty() {
             None
         } else {

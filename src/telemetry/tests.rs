@@ -67,23 +67,23 @@ struct Req {
 }
 
 impl RequestAttributes for Req {
-    fn method(&self) -> Option<Vec<u8>> {
-        Some(self.method.as_bytes().to_vec())
+    fn method(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(self.method.as_bytes()))
     }
-    fn path(&self) -> Option<Vec<u8>> {
-        Some(self.path.as_bytes().to_vec())
+    fn path(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(self.path.as_bytes()))
     }
-    fn scheme(&self) -> Option<Vec<u8>> {
-        Some(b"http".to_vec())
+    fn scheme(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(b"http"))
     }
-    fn forwarded_proto(&self) -> Option<Vec<u8>> {
+    fn forwarded_proto(&self) -> Option<Bytes<'_>> {
         self.header("x-forwarded-proto")
     }
-    fn protocol(&self) -> Option<Vec<u8>> {
-        Some(b"HTTP/1.1".to_vec())
+    fn protocol(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(b"HTTP/1.1"))
     }
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_vec())
+    fn header(&self, name: &str) -> Option<Bytes<'_>> {
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| Bytes::Borrowed(*v))
     }
 }
 

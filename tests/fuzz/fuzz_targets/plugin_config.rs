@@ -12,7 +12,7 @@
 use libfuzzer_sys::fuzz_target;
 use metricpact::config::PluginConfig;
 use metricpact::exposition::Rewriter;
-use metricpact::telemetry::{Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
+use metricpact::telemetry::{Bytes, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
 
 struct Null(u32);
 
@@ -31,23 +31,23 @@ impl MetricHost for Null {
 struct Req(&'static [u8]);
 
 impl RequestAttributes for Req {
-    fn method(&self) -> Option<Vec<u8>> {
-        Some(b"GET".to_vec())
+    fn method(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(b"GET"))
     }
-    fn path(&self) -> Option<Vec<u8>> {
-        Some(self.0.to_vec())
+    fn path(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(self.0))
     }
-    fn scheme(&self) -> Option<Vec<u8>> {
-        Some(b"http".to_vec())
+    fn scheme(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(b"http"))
     }
-    fn forwarded_proto(&self) -> Option<Vec<u8>> {
+    fn forwarded_proto(&self) -> Option<Bytes<'_>> {
         None
     }
-    fn protocol(&self) -> Option<Vec<u8>> {
-        Some(b"HTTP/2".to_vec())
+    fn protocol(&self) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(b"HTTP/2"))
     }
-    fn header(&self, _name: &str) -> Option<Vec<u8>> {
-        Some(self.0.to_vec())
+    fn header(&self, _name: &str) -> Option<Bytes<'_>> {
+        Some(Bytes::Borrowed(self.0))
     }
 }
 

@@ -31,7 +31,7 @@ use metricpact::names::OTHER;
 use metricpact::routes::anchored;
 use metricpact::routes::RouteMatcher;
 use metricpact::telemetry::{
-    error_type, status_class, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, CONTRACT_INFO_METRIC, GRPC_STATUS_NAMES,
+    error_type, status_class, Bytes, Engine, MetricHost, MetricKind, RequestAttributes, ResponseAttributes, CONTRACT_INFO_METRIC, GRPC_STATUS_NAMES,
     SELF_METRIC_NAMES,
 };
 use regex::Regex;
@@ -320,23 +320,23 @@ struct Req {
 }
 
 impl RequestAttributes for Req {
-    fn method(&self) -> Option<Vec<u8>> {
-        self.method.clone()
+    fn method(&self) -> Option<Bytes<'_>> {
+        self.method.as_deref().map(Bytes::Borrowed)
     }
-    fn path(&self) -> Option<Vec<u8>> {
-        self.path.clone()
+    fn path(&self) -> Option<Bytes<'_>> {
+        self.path.as_deref().map(Bytes::Borrowed)
     }
-    fn scheme(&self) -> Option<Vec<u8>> {
-        self.scheme.clone()
+    fn scheme(&self) -> Option<Bytes<'_>> {
+        self.scheme.as_deref().map(Bytes::Borrowed)
     }
-    fn forwarded_proto(&self) -> Option<Vec<u8>> {
-        self.forwarded_proto.clone()
+    fn forwarded_proto(&self) -> Option<Bytes<'_>> {
+        self.forwarded_proto.as_deref().map(Bytes::Borrowed)
     }
-    fn protocol(&self) -> Option<Vec<u8>> {
-        self.protocol.clone()
+    fn protocol(&self) -> Option<Bytes<'_>> {
+        self.protocol.as_deref().map(Bytes::Borrowed)
     }
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+    fn header(&self, name: &str) -> Option<Bytes<'_>> {
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| Bytes::Borrowed(v.as_slice()))
     }
 }
 
