@@ -10,6 +10,10 @@ pub const CONFIG_FORMAT: u32 = 1;
 /// Most labels a traffic metric may carry; keeps series keys fixed-size on the hot path.
 pub const MAX_LABELS: usize = 16;
 
+/// Looks up Envoy node metadata: `key` (e.g. `NAME`, `LABELS`), and a `field` of a struct value.
+/// Called at configure time only, never per request.
+pub type NodeLookup<'a> = dyn Fn(&str, Option<&str>) -> Option<Vec<u8>> + 'a;
+
 /// Everything the filter needs, with contract defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,39 +9,15 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::PluginConfig;
+use crate::exposition::scrape::{decide, is_scrape, Decision, Outcome};
 use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
+use crate::header_map::HeaderPairs;
 use crate::telemetry::{encode_tags, Bytes, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
 
 mod host;
 mod stages;
 
 use stages::{reached, Stage};
-
-/// Lookups in a serialized proxy-wasm header map (`count`, then `count` pairs of key and value
-/// sizes, then each key and value followed by a NUL), without copying it apart. Every size is
-/// checked against the buffer: a malformed map just finds nothing.
-struct HeaderPairs(Vec<u8>);
-
-impl HeaderPairs {
-    fn get(&self, name: &str) -> Option<&[u8]> {
-        let bytes = &self.0;
-        let word = |at: usize| -> Option<usize> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize) };
-        let count = word(0)?;
-        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-        for i in 0..count {
-            let key_size = word(4 + i * 8)?;
-            let value_size = word(8 + i * 8)?;
-            let key = bytes.get(data..data.checked_add(key_size)?)?;
-            let value_start = data.checked_add(key_size)?.checked_add(1)?;
-            let value_end = value_start.checked_add(value_size)?;
-            if key == name.as_bytes() {
-                return bytes.get(value_start..value_end);
-            }
-            data = value_end.checked_add(1)?;
-        }
-        None
-    }
-}
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -69,22 +45,9 @@ impl MetricHost for EnvoyStats {
         host::record_metric(id, value);
     }
 
-    /// Budgets live in Envoy's shared data (shared by every VM with our vm_id): one key per
-    /// admitted member and a counter updated with compare-and-swap.
+    /// Budgets live in Envoy's shared data, shared by every VM with our vm_id.
     fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool {
-        let member_key = format!("metricpact.{scope}.member.{member}");
-        if let Ok((Some(_), _)) = host::shared_data(&member_key) {
-            return true;
-        }
-        match host::shared_add(&format!("metricpact.{scope}.count"), 1, max) {
-            host::Added::Stored => {
-                host::set_shared_data(&member_key, b"1", 0);
-                true
-            }
-            host::Added::Full => false,
-            // Shared data unavailable: fail open on the budget, never on the request.
-            host::Added::Unavailable => true,
-        }
+        crate::budget::admit(&mut host::SharedData, scope, member, max)
     }
 }
 
@@ -160,28 +123,15 @@ struct Exposition {
     rewriter: RefCell<Rewriter>,
     max_body_bytes: usize,
     paths: Vec<String>,
-    outcomes: [Option<u32>; OUTCOMES.len()],
+    outcomes: [Option<u32>; Outcome::ALL.len()],
     missing: Vec<Option<u32>>,
 }
 
-/// What happened to one scrape (`metricpact_exposition_scrapes_total{metricpact_result=…}`).
-const OUTCOMES: [&str; 5] = ["rewritten", "unparsable", "too_large", "compressed", "unsupported_format"];
-const REWRITTEN: usize = 0;
-const UNPARSABLE: usize = 1;
-const TOO_LARGE: usize = 2;
-const COMPRESSED: usize = 3;
-const UNSUPPORTED: usize = 4;
-
 impl Exposition {
-    fn count(&self, outcome: usize) {
-        if let Some(id) = self.outcomes[outcome] {
+    fn count(&self, outcome: Outcome) {
+        if let Some(id) = self.outcomes[outcome.index()] {
             host::increment_metric(id, 1);
         }
-    }
-
-    fn is_scrape(&self, path: &[u8]) -> bool {
-        let path = path.split(|&b| b == b'?').next().unwrap_or(b"");
-        self.paths.iter().any(|p| p.as_bytes() == path)
     }
 }
 
@@ -322,9 +272,9 @@ struct Scrape {
 }
 
 fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::ExpositionSpec) -> Exposition {
-    let mut outcomes = [None; OUTCOMES.len()];
-    for (slot, outcome) in outcomes.iter_mut().zip(OUTCOMES) {
-        let name = format!("{}.{}", crate::telemetry::EXPOSITION_SCRAPES_METRIC, encode_tags(&[("metricpact_result", outcome)]));
+    let mut outcomes = [None; Outcome::ALL.len()];
+    for (slot, outcome) in outcomes.iter_mut().zip(Outcome::ALL) {
+        let name = format!("{}.{}", crate::telemetry::EXPOSITION_SCRAPES_METRIC, encode_tags(&[("metricpact_result", outcome.label())]));
         *slot = EnvoyStats.define(MetricKind::Counter, &name);
     }
     let missing = spec
@@ -441,8 +391,7 @@ impl HttpContext for Stream {
             self.flight = Some(engine.start(stats_host(&mut EnvoyStats, &mut DiscardedStats), &request));
         }
         if let Some(exposition) = &self.exposition {
-            let is_get = request.method().is_some_and(|m| *m == *b"GET");
-            if is_get && request.path().is_some_and(|p| exposition.is_scrape(&p)) {
+            if is_scrape(&exposition.paths, request.method().as_deref(), request.path().as_deref()) {
                 // Ask the app for the text format, uncompressed. The response headers leave before
                 // the body can be read (proxy-wasm cannot hold them and still see the body without
                 // allow_on_headers_stop_iteration), so the format must be known from them: text is
@@ -463,35 +412,23 @@ impl HttpContext for Stream {
         self.status = response_header(":status").and_then(|s| parse_status(&s));
         self.response_done = Some(end_of_stream);
         let Some(scrape) = self.scrape.as_mut() else { return Action::Continue };
-        if self.status != Some(200) || end_of_stream {
-            self.scrape = None;
-            return Action::Continue;
-        }
         let exposition = scrape.exposition.clone();
-        if response_header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case(b"identity")) {
-            exposition.count(COMPRESSED);
-            self.scrape = None;
-            return Action::Continue;
+        match decide(self.status, end_of_stream, exposition.max_body_bytes, &mut |name| response_header(name)) {
+            Decision::Pass => self.scrape = None,
+            Decision::Refuse(outcome) => {
+                exposition.count(outcome);
+                self.scrape = None;
+            }
+            Decision::Rewrite(format) => {
+                // Envoy sends these headers before the body can be rewritten, so they are fixed
+                // now: the format follows what the app declared (the body is rewritten in that
+                // format), and the length goes, since it changes (HTTP/1.1 then uses chunked
+                // encoding).
+                host::set_header(host::RESPONSE_HEADERS, "content-type", format.content_type());
+                host::remove_header(host::RESPONSE_HEADERS, "content-length");
+                scrape.format = Some(format);
+            }
         }
-        let content_type = response_header("content-type").map(|c| String::from_utf8_lossy(&c).into_owned());
-        if content_type.as_deref().is_some_and(|c| c.contains("protobuf")) {
-            exposition.count(UNSUPPORTED);
-            self.scrape = None;
-            return Action::Continue;
-        }
-        let declared = response_header("content-length").and_then(|l| std::str::from_utf8(&l).ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|l| l > exposition.max_body_bytes) {
-            exposition.count(TOO_LARGE);
-            self.scrape = None;
-            return Action::Continue;
-        }
-        // Envoy sends these headers before the body can be rewritten, so they are fixed now: the
-        // format follows what the app declared (the body is rewritten in that format), and the
-        // length goes, since it changes (HTTP/1.1 then uses chunked encoding).
-        let format = Format::announced(content_type.as_deref());
-        host::set_header(host::RESPONSE_HEADERS, "content-type", format.content_type());
-        host::remove_header(host::RESPONSE_HEADERS, "content-length");
-        scrape.format = Some(format);
         Action::Continue
     }
 
@@ -503,7 +440,7 @@ impl HttpContext for Stream {
         let exposition = scrape.exposition.clone();
         if body_size > exposition.max_body_bytes {
             // Release what was held, unchanged; the rest streams through.
-            exposition.count(TOO_LARGE);
+            exposition.count(Outcome::TooLarge);
             self.scrape = None;
             return Action::Continue;
         }
@@ -518,7 +455,7 @@ impl HttpContext for Stream {
         match rewriter.rewrite_as(&body, format) {
             Ok(rewritten) => {
                 if host::replace_buffer(host::RESPONSE_BODY, body_size, &rewritten.body) {
-                    exposition.count(REWRITTEN);
+                    exposition.count(Outcome::Rewritten);
                     for i in rewritten.stats.missing_required {
                         if let Some(Some(id)) = exposition.missing.get(i) {
                             host::increment_metric(*id, 1);
@@ -526,8 +463,7 @@ impl HttpContext for Stream {
                     }
                 }
             }
-            Err(e) if e.line == 0 && e.reason.contains("larger than") => exposition.count(TOO_LARGE),
-            Err(_) => exposition.count(UNPARSABLE),
+            Err(e) => exposition.count(Outcome::of_error(&e)),
         }
         Action::Continue
     }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::config::{ContractInfo, MigrationKind, PluginConfig, Source, Unmatched, MAX_LABELS};
+use crate::config::{ContractInfo, MigrationKind, NodeLookup, PluginConfig, Source, Unmatched, MAX_LABELS};
 use crate::labels::{sanitize, sanitize_str, ValueTable, EMPTY_ID, OTHER_ID};
 use crate::names::OTHER;
 use crate::routes::{RouteMatcher, RouteOutcome};
@@ -271,7 +271,7 @@ impl Engine {
     /// (`key`, optional struct `field`); it is called only here, never per request.
     pub fn new(
         config: &PluginConfig,
-        node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>,
+        node: &NodeLookup<'_>,
     ) -> Result<Engine, ConfigError> {
         crate::validate::plugin_config(config).map_err(ConfigError)?;
         Ok(Self::with_routes(config, Self::routes(config)?, node))
@@ -288,7 +288,7 @@ impl Engine {
     pub fn with_routes(
         config: &PluginConfig,
         routes: RouteMatcher,
-        node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>,
+        node: &NodeLookup<'_>,
     ) -> Engine {
         let max_value_length = config.max_value_length as usize;
         let clean = |v: &[u8]| sanitize(v, max_value_length).into_owned();

@@ -77,10 +77,8 @@ fn families(body: &str) -> Result<HashMap<String, Family>, String> {
                 }
             }
         }
-        if sample.name.ends_with("_sum") || sample.name.ends_with("_count") {
-            if family != sample.name {
-                continue;
-            }
+        if (sample.name.ends_with("_sum") || sample.name.ends_with("_count")) && family != sample.name {
+            continue;
         }
         let labels: BTreeMap<String, String> = sample
             .labels

@@ -6,6 +6,7 @@
 //! original body through unchanged.
 
 pub(crate) mod line;
+pub mod scrape;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::hash::BuildHasherDefault;
 
 use regex::Regex;
 
-use crate::config::{ExpositionSpec, MigrationKind, NameMatch, Source};
+use crate::config::{ExpositionSpec, MigrationKind, NameMatch, NodeLookup, Source};
 use crate::labels::sanitize;
 use line::{escape_label_value, parse_sample, unescape_label_value, Sample};
 
@@ -69,6 +70,16 @@ pub struct Unparsable {
     /// 1-based line of the problem (0 for whole-body problems).
     pub line: usize,
     pub reason: &'static str,
+}
+
+const BODY_TOO_LARGE: &str = "body larger than max_body_bytes";
+const REWRITTEN_TOO_LARGE: &str = "rewritten body larger than max_body_bytes";
+
+impl Unparsable {
+    /// The body (or what it would have become) exceeds `max_body_bytes`: too large, not broken.
+    pub fn is_too_large(&self) -> bool {
+        self.line == 0 && (self.reason == BODY_TOO_LARGE || self.reason == REWRITTEN_TOO_LARGE)
+    }
 }
 
 impl std::fmt::Display for Unparsable {
@@ -205,7 +216,7 @@ pub struct Rewriter {
 
 impl Rewriter {
     /// Compiles `spec`. `node` resolves node-metadata sources of injected labels (configure time).
-    pub fn new(spec: &ExpositionSpec, node: &dyn Fn(&str, Option<&str>) -> Option<Vec<u8>>, max_value_length: usize) -> Result<Rewriter, String> {
+    pub fn new(spec: &ExpositionSpec, node: &NodeLookup<'_>, max_value_length: usize) -> Result<Rewriter, String> {
         let regexes = |list: &[String]| list.iter().map(|p| whole(p)).collect::<Result<Vec<_>, _>>();
         let mut exact_renames = FastMap::default();
         let mut regex_renames = Vec::new();
@@ -319,7 +330,7 @@ impl Rewriter {
     /// timestamps turn from seconds into milliseconds.
     pub fn rewrite_as(&self, body: &[u8], format: Format) -> Result<Rewritten, Unparsable> {
         if body.len() > self.max_body_bytes {
-            return Err(Unparsable { line: 0, reason: "body larger than max_body_bytes" });
+            return Err(Unparsable { line: 0, reason: BODY_TOO_LARGE });
         }
         let text = std::str::from_utf8(body).map_err(|e| Unparsable {
             line: body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1,
@@ -364,7 +375,7 @@ impl Rewriter {
         run.finish_family();
         if run.out.len() > self.max_body_bytes {
             // Envoy buffers the rewritten body too: never hand it more than the contract allows.
-            return Err(Unparsable { line: 0, reason: "rewritten body larger than max_body_bytes" });
+            return Err(Unparsable { line: 0, reason: REWRITTEN_TOO_LARGE });
         }
         let missing_required = self
             .required

@@ -4,6 +4,8 @@
 
 use std::ptr::null_mut;
 
+use crate::budget::{SetOutcome, SharedStore, Unavailable};
+
 #[allow(clashing_extern_declarations)]
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -93,8 +95,8 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     }
 }
 
-/// The value (if any) and its CAS token; `Err(())` when shared data is unavailable.
-pub fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), ()> {
+/// The value (if any) and its CAS token.
+pub fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), Unavailable> {
     let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
     unsafe {
         let status = proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas);
@@ -103,15 +105,9 @@ pub fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), ()> {
             OK => Ok((value, cas)),
             // NotFound
             1 => Ok((None, 0)),
-            _ => Err(()),
+            _ => Err(Unavailable),
         }
     }
-}
-
-pub enum SetOutcome {
-    Stored,
-    CasMismatch,
-    Failed,
 }
 
 pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SetOutcome {
@@ -122,36 +118,16 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SetOutcome {
     }
 }
 
-/// What adding to a counter in shared data did.
-pub enum Added {
-    /// The counter holds the sum now.
-    Stored,
-    /// The addition would have taken it above the limit: unchanged.
-    Full,
-    /// Shared data refused the read or write (or kept changing under us).
-    Unavailable,
-}
+/// Envoy's shared data (every VM with our vm_id sees it): where the budgets live.
+pub struct SharedData;
 
-/// Adds `delta` to the little-endian u32 counter at `key` in Envoy's shared data (visible to
-/// every VM with our vm_id), by compare-and-swap, unless the result would exceed `max`; a
-/// missing counter is 0, and the result never goes below 0.
-pub fn shared_add(key: &str, delta: i64, max: u32) -> Added {
-    for _ in 0..16 {
-        let (count, cas) = match shared_data(key) {
-            Ok((data, cas)) => (data.and_then(|d| <[u8; 4]>::try_from(d.as_slice()).ok()).map_or(0, u32::from_le_bytes), cas),
-            Err(()) => return Added::Unavailable,
-        };
-        let next = (i64::from(count) + delta).clamp(0, i64::from(u32::MAX)) as u32;
-        if delta > 0 && next > max {
-            return Added::Full;
-        }
-        match set_shared_data(key, &next.to_le_bytes(), cas) {
-            SetOutcome::Stored => return Added::Stored,
-            SetOutcome::CasMismatch => continue,
-            SetOutcome::Failed => return Added::Unavailable,
-        }
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u32), Unavailable> {
+        shared_data(key)
     }
-    Added::Unavailable
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> SetOutcome {
+        set_shared_data(key, value, cas)
+    }
 }
 
 pub fn define_metric(kind: u32, name: &str) -> Option<u32> {
