@@ -77,6 +77,12 @@ pub(crate) fn fast_mix(mut state: u64, bytes: &[u8]) -> u64 {
 
 /// Slots of a table's memo (a power of two).
 const MEMO_SLOTS: usize = 64;
+
+/// A value's memo slot: the top bits of the mix, which depend on every input bit (the low bits
+/// of a multiply depend only on the low bits of its input: `200` and `204` would share a slot).
+fn memo_slot(value: &str) -> usize {
+    (fast_mix(value.len() as u64, value.as_bytes()) >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
+}
 const MEMO_EMPTY: u32 = u32::MAX;
 
 /// The distinct values one label has taken, capped at `max_values` (plus the empty value and
@@ -143,7 +149,7 @@ impl ValueTable {
     /// Like [`intern`](Self::intern), but a value new to this table is admitted only if `admit`
     /// agrees too: the budget is shared by every Wasm VM of the process, and `admit` asks it.
     pub fn intern_with(&mut self, value: &str, admit: impl FnOnce(&str) -> bool) -> Interned {
-        let slot = fast_mix(value.len() as u64, value.as_bytes()) as usize % MEMO_SLOTS;
+        let slot = memo_slot(value);
         let cached = self.memo[slot];
         if cached != MEMO_EMPTY && *self.values[cached as usize] == *value {
             return Interned { id: cached, overflowed: false };
@@ -204,6 +210,33 @@ mod tests {
     #[test]
     fn sanitize_cuts_at_the_limit() {
         assert_eq!(sanitize(b"abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn short_values_spread_over_the_memo() {
+        // The values of a request's labels are short: they must not pile into a few slots.
+        let values = ["GET", "POST", "PUT", "PATCH", "DELETE", "200", "201", "204", "404", "500", "503", "1.1", "2", "http", "https"];
+        let slots: std::collections::HashSet<_> = values.iter().map(|v| memo_slot(v)).collect();
+        assert!(slots.len() >= 12, "{} slots for {} values", slots.len(), values.len());
+    }
+
+    #[test]
+    fn values_sharing_a_memo_slot_keep_their_ids() {
+        // Find values that collide in the memo, then alternate between them: every lookup must
+        // still give each value its own id, and a refused value must not take a cached id.
+        let first = "v0".to_string();
+        let twins: Vec<String> = (1..100_000).map(|i| format!("v{i}")).filter(|v| memo_slot(v) == memo_slot(&first)).take(2).collect();
+        assert_eq!(twins.len(), 2);
+        let mut t = ValueTable::new(2, None);
+        let a = t.intern(&first).id;
+        let b = t.intern(&twins[0]).id;
+        assert_ne!(a, b);
+        for _ in 0..3 {
+            assert_eq!(t.intern(&first), Interned { id: a, overflowed: false });
+            assert_eq!(t.intern(&twins[0]), Interned { id: b, overflowed: false });
+            assert_eq!(t.intern(&twins[1]), Interned { id: OTHER_ID, overflowed: true }, "over the budget of 2");
+        }
+        assert_eq!((t.value(a), t.value(b)), (first.as_str(), twins[0].as_str()));
     }
 
     #[test]

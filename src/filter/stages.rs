@@ -33,16 +33,23 @@ mod imp {
     }
 
     /// Takes `bench_stage` out of the configuration JSON (the configuration proper refuses
-    /// unknown fields) and remembers it.
+    /// unknown fields) and remembers it. A stage it does not know stays in, so the
+    /// configuration is refused rather than measured as the whole filter.
     pub fn configure(bytes: Vec<u8>) -> Vec<u8> {
         let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return bytes };
-        let stage = match map.remove("bench_stage").as_ref().and_then(|s| s.as_str()) {
+        let stage = match map.get("bench_stage").and_then(|s| s.as_str()) {
+            None => Stage::Metrics,
             Some("callbacks") => Stage::Callbacks,
             Some("headers") => Stage::Headers,
             Some("properties") => Stage::Properties,
             Some("labels") => Stage::Labels,
-            _ => Stage::Metrics,
+            Some("metrics") => Stage::Metrics,
+            Some(other) => {
+                log::error!("metricpact: bench build: unknown bench_stage `{other}`");
+                return bytes;
+            }
         };
+        map.remove("bench_stage");
         STAGE.with(|s| s.set(stage));
         log::warn!("metricpact: bench build, stopping each request after stage {stage:?}");
         serde_json::to_vec(&map).unwrap_or(bytes)

@@ -18,7 +18,7 @@ default contract and with tests/bench/heavy-contract.yaml; and the per-stage bui
 + request headers read, + properties and clocks, + label resolution, + metric updates = the full
 filter), so the differences attribute its cost.
 
-usage: .venv/bin/python tests/bench/instructions.py [--requests 2000] [--warmup 300] [--only VARIANTS]
+usage: .venv/bin/python tests/bench/instructions.py [--requests 2000] [--warmup 3000] [--only VARIANTS]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from benchlib import harness
 
 ENVOY_BINARY = Path(sorted((harness.ROOT / ".venv/lib").glob("python3*/site-packages/envoy/_bin/envoy"))[0]) \
     if list((harness.ROOT / ".venv/lib").glob("python3*/site-packages/envoy/_bin/envoy")) else None
-STAGES_WASM = harness.ROOT / "target/bench-stages/wasm32-wasip1/release/metricpact.wasm"
+STAGES_WASM = Path(os.environ.get("METRICPACT_STAGES_WASM", harness.ROOT / "target/bench-stages/wasm32-wasip1/release/metricpact.wasm"))
 # The per-stage build's stages, in order (the `bench_stage` it reads from the plugin
 # configuration); the full filter is the last.
 STAGES = ["callbacks", "headers", "properties", "labels", "metrics"]
@@ -216,7 +217,8 @@ class CallgrindEnvoy:
         while time.monotonic() < deadline:
             new = [p for p in self.workdir.glob(self.out.name + "*") if p not in before]
             for p in new:
-                m = re.search(r"^(?:summary|totals): (\d+)", p.read_text(errors="replace"), re.M)
+                # A whole line only: the dump may still be being written.
+                m = re.search(r"^(?:summary|totals): (\d+)\n", p.read_text(errors="replace"), re.M)
                 if m:
                     return int(m.group(1)), p
             time.sleep(0.5)
@@ -269,6 +271,9 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
     # The hostcall probe making PROBE_CALLS calls of one kind per request: (its count - the empty
     # filter's) / PROBE_CALLS is what one such call costs, crossings included.
     if benchlib.HOSTCALL_WASM.exists():
+        # The probe making no call: its own per-request work (SDK, its request counter) is the
+        # baseline of the per-call prices, not the empty filter.
+        variants["probe: none"] = ([harness.wasm_http_filter("clock:0", wasm=benchlib.HOSTCALL_WASM, name="probe")], default_stats)
         for op in [*hostcall_cost.OPERATIONS, *CEL_PROBES]:
             variants[f"probe: {op}"] = ([harness.wasm_http_filter(f"{op}:{PROBE_CALLS}", wasm=benchlib.HOSTCALL_WASM,
                                                                   name="probe")], default_stats)
@@ -285,20 +290,30 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
         for name in wanted:
             filters, stats = variants[name]
             config = benchlib.proxy_config(upstream.port, filters, stats)
+            # No periodic stats flush in the window: under valgrind the requests take ~50x as
+            # long, so flushes (whose cost grows with the number of stats) would be charged to
+            # requests many times more often than they are in a real sidecar.
+            config["stats_flush_interval"] = "299s"
             out["variants"][name] = measure(name, config, tmp, requests, args, log)
     base = out["variants"].get("no filter")
     for v in out["variants"].values():
         v["x_nofilter"] = v["per_request"] / base["per_request"] if base else None
-    empty = out["variants"].get("empty filter")
-    if empty:
-        out["per_call"] = {name.removeprefix("probe: "): (v["per_request"] - empty["per_request"]) / PROBE_CALLS
-                           for name, v in out["variants"].items() if name.startswith("probe: ")}
+    none = out["variants"].get("probe: none")
+    if none:
+        out["per_call"] = {name.removeprefix("probe: "): (v["per_request"] - none["per_request"]) / PROBE_CALLS
+                           for name, v in out["variants"].items() if name.startswith("probe: ") and name != "probe: none"}
+    # The per-stage build, run to its last stage, is the shipped filter: if it is not, the
+    # stages attribute something else.
+    full, shipped = out["variants"].get("stage: metrics"), out["variants"].get("metricpact")
+    if full and shipped and abs(full["per_request"] / shipped["per_request"] - 1) > 0.01:
+        raise RuntimeError(f"the per-stage build's whole filter ({full['per_request']:,.0f}) differs from the shipped "
+                           f"module ({shipped['per_request']:,.0f}) by more than 1 %")
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--requests", type=int, default=2000, help="requests counted per variant")
-    parser.add_argument("--warmup", type=int, default=300, help="requests before counting")
+    parser.add_argument("--warmup", type=int, default=3000, help="requests before counting (>= the mix's 512, so every series exists)")
     parser.add_argument("--only", type=lambda s: s.split(","), default=None, help="comma-separated variant names")
     parser.add_argument("--keep", type=Path, default=None,
                         help="copy each variant's callgrind dump here (for callgrind_annotate)")

@@ -100,7 +100,7 @@ impl RootContext for Root {
         };
         let expression = match operation {
             Operation::Cel1 => Some("request.protocol"),
-            Operation::Cel4 => Some("[request.protocol, request.method, request.path, 'x-tenant' in request.headers ? request.headers['x-tenant'] : '']"),
+            Operation::Cel4 => Some("[request.protocol, request.method, request.path, 'x-tenant-tier' in request.headers ? request.headers['x-tenant-tier'] : '']"),
             _ => None,
         };
         let mut token = 0;
