@@ -312,7 +312,7 @@ def report(results: dict, args, elapsed: float) -> str:
                 previous = r
         if first.get("per_call"):
             out += ["", "One hostcall, in instructions (the probe making "
-                    f"{instructions.PROBE_CALLS} per request, minus the empty filter, / {instructions.PROBE_CALLS}):", "",
+                    f"{instructions.PROBE_CALLS} per request, minus the probe making none, / {instructions.PROBE_CALLS}):", "",
                     "| hostcall | instructions | per metricpact request (default contract) |", "|---|---:|---:|"]
             for op, per_call in first["per_call"].items():
                 used = hostcall_cost.PER_REQUEST.get(op)

@@ -22,6 +22,15 @@ import harness  # noqa: E402,F401  (re-exported for the sections)
 
 ROOT = harness.ROOT
 BENCH = Path(__file__).resolve().parent
+
+
+def _terminated(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+# A SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, through every `with`/`finally` that stops
+# the Envoys a section started; by default Python would die on the spot and leave them running.
+signal.signal(signal.SIGTERM, _terminated)
 LUA = BENCH / "lua"
 EMPTY_WASM = Path(os.environ.get(
     "METRICPACT_EMPTY_WASM",
