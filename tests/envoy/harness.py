@@ -125,6 +125,46 @@ class LocalHTTPServer:
         self.server.server_close()
 
 
+class RawTcpServer:
+    """A raw TCP server on 127.0.0.1 (a free port) for upstreams that misbehave below HTTP: each
+    connection is handed to `serve(conn)` on its own thread; `with` starts it and always stops it
+    (closing the listener wakes the blocked accept)."""
+
+    # Socket timeout of each accepted connection (None: blocking).
+    connection_timeout: float | None = None
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def serve(self, conn: socket.socket):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            conn.settimeout(self.connection_timeout)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+
 class Upstream(LocalHTTPServer):
     """An HTTP server on 127.0.0.1: `?status=N` answers N, `?delay_ms=N` waits N ms first."""
 

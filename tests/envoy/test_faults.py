@@ -7,11 +7,10 @@ the connection ended)."""
 
 import socket
 import struct
-import threading
 
 import pytest
 
-from harness import Route, raw_exchange, sidecar, wait_until, without_volatile_headers, write_contract
+from harness import RawTcpServer, Route, raw_exchange, sidecar, wait_until, without_volatile_headers, write_contract
 
 REQUESTS = "http_server_requests_total"
 DURATION = "http_server_request_duration_milliseconds"
@@ -38,42 +37,13 @@ PARTIAL_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 
 PARTIAL_BODY = b"x" * 100
 
 
-class FaultyUpstream:
+class FaultyUpstream(RawTcpServer):
     """A raw TCP server on 127.0.0.1: reads one request per connection, then misbehaves as the
-    first path segment says (`/rst-mid/...` etc., see `_serve`). Stalls end when it stops."""
+    first path segment says (`/rst-mid/...` etc., see `serve`). Stalls end when it stops."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+    connection_timeout = 10
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
-        except OSError:
-            pass
-        self.sock.close()
-        self.thread.join(timeout=5)
-
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.settimeout(10)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
+    def serve(self, conn):
         try:
             data = b""
             while b"\r\n\r\n" not in data:

@@ -20,7 +20,6 @@ import json
 import re
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -84,35 +83,15 @@ def start_grpc_app(stack: contextlib.ExitStack, workdir: Path, name: str = "grpc
     return port
 
 
-class ResettingUpstream:
+class ResettingUpstream(harness.RawTcpServer):
     """An h2c server that answers every stream with gRPC response headers and one message, then
     resets the stream (RST_STREAM INTERNAL_ERROR): an app crashing mid-response."""
 
     def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.streams = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.listener.close()
-        self.thread.join(timeout=5)
-
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket):
+    def serve(self, conn: socket.socket):
         h2conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
         h2conn.initiate_connection()
         with conn:
