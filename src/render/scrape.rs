@@ -32,8 +32,11 @@ pub const SIDECAR_STATS_PATH: &str = "/stats/prometheus";
 /// Ports whose scrape already holds the sidecar's stats: istio-agent's merged endpoint and
 /// Envoy's own.
 const SIDECAR_SCRAPE_PORTS: &str = "15020|15090";
-/// Scrape interval of the rendered PodMonitor (Istio's envoy-stats-monitor uses the same); the
-/// annotation-driven setups scrape at their global interval (15 s in Istio's sample).
+/// Scrape interval of the rendered PodMonitor and scrape jobs (Istio's envoy-stats-monitor and
+/// sample Prometheus use the same). Set on the jobs too, not left to the global interval: the
+/// rendered queries' 1m rate windows need two samples, and Helm's `prometheus` chart scrapes every
+/// 1m by default, where they would read empty (and the autoscaler 0). The pods' own
+/// annotation-driven job still scrapes at the global interval.
 pub const SCRAPE_INTERVAL: &str = "15s";
 /// Name of the rendered scrape job (one per Prometheus: every render writes the same job).
 pub const SIDECAR_JOB: &str = "metricpact-sidecars";
@@ -84,6 +87,7 @@ fn kubernetes_pods_target_labels() -> Vec<Value> {
 fn sidecar_job(name: &str, rules: Vec<Value>) -> Value {
     json!({
         "job_name": name,
+        "scrape_interval": SCRAPE_INTERVAL,
         "honor_labels": true,
         "kubernetes_sd_configs": [{"role": "pod"}],
         "metrics_path": SIDECAR_STATS_PATH,

@@ -997,6 +997,8 @@ def test_unmerged_pods_get_a_sidecar_scrape_in_each_prometheus_setup(rendered, c
     # The scrape job is the same whatever the workload: one per Prometheus.
     job, = r.one("prometheus-scrape-config.yaml")["scrape_configs"]
     assert job["job_name"] == "metricpact-sidecars" and job["honor_labels"] is True
+    # Its own interval: a 1m global one (Helm's `prometheus` chart) would leave the 1m rate windows empty.
+    assert job["scrape_interval"] == "15s"
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}] and job["metrics_path"] == "/stats/prometheus"
     rules = job["relabel_configs"]
     assert rules[:4] == [

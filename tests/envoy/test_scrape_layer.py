@@ -133,7 +133,9 @@ def jobs_for(c: Combination, rendered=None, monitor_interval="1s") -> list:
     if c.setup == "istio-sample":
         _, jobs = istio_sample_pod_jobs()
         if "prometheus-scrape-config.yaml" in r.texts:
-            jobs = jobs + r.one("prometheus-scrape-config.yaml")["scrape_configs"]
+            # The rendered jobs say 15s; the test's windows need 1 s scrapes (as for the monitors).
+            jobs = jobs + [{**job, "scrape_interval": monitor_interval} if "scrape_interval" in job else job
+                           for job in r.one("prometheus-scrape-config.yaml")["scrape_configs"]]
         return for_prometheus_2_42(jobs)
     monitors = [m for m in istio_operator_monitors() if m["kind"] == "PodMonitor"]
     if "podmonitor.yaml" in r.texts:
