@@ -11,102 +11,25 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use crate::config::PluginConfig;
 use crate::exposition::scrape::{decide, is_scrape, Decision, Outcome};
 use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
-use crate::header_map::HeaderPairs;
-use crate::telemetry::{encode_tags, Bytes, Engine, Flight, MetricHost, MetricKind, RequestAttributes, ResponseAttributes};
+use crate::telemetry::{encode_tags, Engine, Flight, MetricHost, MetricKind, RequestAttributes};
 
+mod attributes;
 mod host;
 mod stages;
+mod stats;
 
+use attributes::{now_nanos, parse_status, property, response_header, HostRequest, HostResponse};
 use stages::{reached, Stage};
+use stats::{report_memory, stats_host, DiscardedStats, EnvoyStats, MEMORY_GAUGE};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, exposition: None, info: None, contract: String::new() }) });
 }}
 
-/// Envoy's stats, through the proxy-wasm metric hostcalls.
-struct EnvoyStats;
-
-impl MetricHost for EnvoyStats {
-    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
-        let kind = match kind {
-            MetricKind::Counter => host::COUNTER,
-            MetricKind::Gauge => host::GAUGE,
-            MetricKind::Histogram => host::HISTOGRAM,
-        };
-        host::define_metric(kind, name)
-    }
-
-    fn increment(&mut self, id: u32, delta: i64) {
-        host::increment_metric(id, delta);
-    }
-
-    fn record(&mut self, id: u32, value: u64) {
-        host::record_metric(id, value);
-    }
-
-    /// Budgets live in Envoy's shared data, shared by every VM with our vm_id.
-    fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool {
-        crate::budget::admit(&mut host::SharedData, scope, member, max)
-    }
-}
-
-/// A metric host that discards every update: the per-stage bench builds' `labels` stage.
-struct DiscardedStats;
-
-impl MetricHost for DiscardedStats {
-    fn define(&mut self, _kind: MetricKind, _name: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn increment(&mut self, _id: u32, _delta: i64) {}
-    fn record(&mut self, _id: u32, _value: u64) {}
-    fn admit(&mut self, _scope: &str, _member: &str, _max: u32) -> bool {
-        true
-    }
-}
-
-/// Where the engine's metric updates go: Envoy's stats, unless a bench build stops before them.
-fn stats_host<'a>(envoy: &'a mut EnvoyStats, discarded: &'a mut DiscardedStats) -> &'a mut dyn MetricHost {
-    if reached(Stage::Metrics) {
-        envoy
-    } else {
-        discarded
-    }
-}
-
 /// Shared-data key holding the contract-info series of the configuration configured last (by any
 /// VM with our vm_id).
 const LATEST_INFO_KEY: &str = "metricpact.info.latest";
-
-thread_local! {
-    /// The VM-memory gauge's id, and the memory size (pages) this VM last reported.
-    static MEMORY_GAUGE: std::cell::Cell<(Option<u32>, usize)> = const { std::cell::Cell::new((None, 0)) };
-}
-
-/// Reports this VM's linear memory when it has grown: the gauge keeps the largest of all the
-/// sidecar's VMs. Reading the size is one Wasm instruction; the hostcalls happen only on growth.
-fn report_memory() {
-    let pages = core::arch::wasm32::memory_size(0);
-    let (id, last) = MEMORY_GAUGE.with(|g| g.get());
-    let Some(id) = id else { return };
-    if pages == last {
-        return;
-    }
-    MEMORY_GAUGE.with(|g| g.set((Some(id), pages)));
-    let bytes = (pages * 65_536) as u64;
-    if host::metric(id).is_none_or(|current| current < bytes) {
-        host::record_metric(id, bytes);
-    }
-}
-
-fn property(path: &[&str]) -> Option<Vec<u8>> {
-    host::property(path)
-}
-
-fn property_i64(path: &[&str]) -> Option<i64> {
-    let bytes: [u8; 8] = property(path)?.as_slice().try_into().ok()?;
-    Some(i64::from_le_bytes(bytes))
-}
 
 struct Root {
     engine: Option<Rc<RefCell<Engine>>>,
@@ -286,85 +209,6 @@ fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::Expositio
         })
         .collect();
     Exposition { max_body_bytes: rewriter.max_body_bytes(), rewriter: RefCell::new(rewriter), paths: spec.paths.clone(), outcomes, missing }
-}
-
-fn response_header(name: &str) -> Option<Vec<u8>> {
-    host::header(host::RESPONSE_HEADERS, name)
-}
-
-/// The current stream's request headers, fetched at most once and in one hostcall (hostcalls,
-/// each with a VM re-entry to allocate its result, are most of the filter's cost).
-#[derive(Default)]
-struct HostRequest {
-    headers: std::cell::OnceCell<Option<HeaderPairs>>,
-}
-
-impl HostRequest {
-    /// A request header, borrowed from the map read once per request.
-    fn get(&self, name: &str) -> Option<Bytes<'_>> {
-        let pairs = self.headers.get_or_init(|| host::header_pairs(host::REQUEST_HEADERS).map(HeaderPairs));
-        pairs.as_ref()?.get(name).map(Bytes::Borrowed)
-    }
-}
-
-impl RequestAttributes for HostRequest {
-    fn method(&self) -> Option<Bytes<'_>> {
-        self.get(":method")
-    }
-    fn path(&self) -> Option<Bytes<'_>> {
-        self.get(":path")
-    }
-    fn scheme(&self) -> Option<Bytes<'_>> {
-        self.get(":scheme")
-    }
-    fn forwarded_proto(&self) -> Option<Bytes<'_>> {
-        self.get("x-forwarded-proto")
-    }
-    fn protocol(&self) -> Option<Bytes<'_>> {
-        property(&["request", "protocol"]).map(Bytes::Owned)
-    }
-    fn header(&self, name: &str) -> Option<Bytes<'_>> {
-        self.get(name)
-    }
-}
-
-/// The current stream's outcome. Status and timing come from what the stream already saw
-/// (the `:status` header, two clock reads): property lookups cost several microseconds each, so
-/// they are only the fallback for streams whose response headers never passed this filter.
-struct HostResponse {
-    status: Option<u32>,
-    response_done: Option<bool>,
-    started_nanos: Option<u64>,
-}
-
-impl ResponseAttributes for HostResponse {
-    fn status_code(&self) -> Option<u32> {
-        self.status
-            .or_else(|| property_i64(&["response", "code"]).and_then(|c| u32::try_from(c).ok()))
-    }
-    fn code_details(&self) -> Option<Vec<u8>> {
-        property(&["response", "code_details"])
-    }
-    fn completed(&self) -> bool {
-        self.response_done.unwrap_or(true)
-    }
-    fn grpc_status(&self) -> Option<i64> {
-        property_i64(&["response", "grpc_status"])
-    }
-    fn duration_nanos(&self) -> Option<u64> {
-        match self.started_nanos {
-            Some(start) => now_nanos().map(|now| now.saturating_sub(start)),
-            None => property_i64(&["request", "duration"]).and_then(|d| u64::try_from(d).ok()),
-        }
-    }
-}
-
-fn now_nanos() -> Option<u64> {
-    host::now_nanos()
-}
-
-fn parse_status(bytes: &[u8]) -> Option<u32> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 impl Context for Stream {}

@@ -4,12 +4,11 @@
 //! modules; [`filter`] is the thin proxy-wasm layer compiled only for `wasm32-wasip1`; the
 //! contract loader, checker and compiler are native-only (the filter never parses YAML).
 
-pub mod budget;
 pub mod config;
 pub mod envoy_stats;
 pub mod exposition;
 pub mod header_map;
-pub mod labels;
+pub mod label_values;
 pub mod names;
 pub mod routes;
 pub mod telemetry;

@@ -330,7 +330,7 @@ impl Checker<'_> {
                 if !seen.insert(v.value.as_str()) {
                     self.error(&v.referenced, format!("duplicate value `{}`", v.value));
                 }
-                if crate::labels::sanitize(v.value.as_bytes(), usize::MAX) != v.value {
+                if crate::label_values::sanitize(v.value.as_bytes(), usize::MAX) != v.value {
                     self.error(&v.referenced, format!("value `{}` contains characters label values cannot carry (`;`, `=`, `\"`, `\\`, spaces, controls or non-ASCII)", v.value));
                 }
             }
@@ -529,7 +529,7 @@ impl Checker<'_> {
                         self.error(&t.referenced, message);
                     }
                 }
-                if crate::labels::sanitize(t.value.as_bytes(), usize::MAX) != t.value {
+                if crate::label_values::sanitize(t.value.as_bytes(), usize::MAX) != t.value {
                     self.warn(&t.referenced, "template contains characters label values cannot carry; they will be replaced by `_`");
                 }
             }

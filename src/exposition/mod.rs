@@ -15,7 +15,7 @@ use std::hash::BuildHasherDefault;
 use regex::Regex;
 
 use crate::config::{ExpositionSpec, MigrationKind, NameMatch, NodeLookup, Source};
-use crate::labels::sanitize;
+use crate::label_values::sanitize;
 use line::{escape_label_value, parse_sample, unescape_label_value, Sample};
 
 /// Content types of the two formats the rewriter reads and writes.

@@ -4,7 +4,7 @@
 
 use std::ptr::null_mut;
 
-use crate::budget::{SetOutcome, SharedStore, Unavailable};
+use crate::telemetry::budget::{SetOutcome, SharedStore, Unavailable};
 
 #[allow(clashing_extern_declarations)]
 #[link(wasm_import_module = "env")]

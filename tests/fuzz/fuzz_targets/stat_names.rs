@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use metricpact::config::*;
 use metricpact::envoy_stats::{tag_regex, WASM_CUSTOM_PREFIX};
-use metricpact::labels::sanitize;
+use metricpact::label_values::sanitize;
 use metricpact::names::OTHER;
 use metricpact::routes::anchored;
 use metricpact::routes::RouteMatcher;
