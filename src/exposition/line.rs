@@ -125,6 +125,7 @@ pub(crate) fn prefix_is(bytes: &[u8], prefix: &[u8]) -> bool {
 /// over the bytes; label names and values are slices of the line, collected into `labels`
 /// (cleared first: one buffer serves every line of a body). `hint`, a valid metric name or `""`,
 /// is what the name likely starts with: if it does, those bytes need not be checked again.
+#[inline(always)]
 pub fn parse_sample<'a, 's>(line: &'a str, labels: &'s mut Vec<(&'a str, &'a str)>, hint: &str) -> Option<Sample<'a, 's>> {
     let bytes = line.as_bytes();
     labels.clear();
@@ -223,15 +224,19 @@ pub fn parse_value(s: &str) -> Option<f64> {
     }
 }
 
-pub fn format_value(v: f64) -> String {
+/// Writes a sample value as the exposition formats spell it (`NaN`, `+Inf`, `-Inf`, else Rust's
+/// shortest round-trip decimal), without allocating.
+pub fn write_value(out: &mut Vec<u8>, v: f64) {
+    use std::io::Write;
     if v.is_nan() {
-        "NaN".into()
+        out.extend_from_slice(b"NaN");
     } else if v == f64::INFINITY {
-        "+Inf".into()
+        out.extend_from_slice(b"+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
+        out.extend_from_slice(b"-Inf");
     } else {
-        format!("{v}")
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{v}");
     }
 }
 
@@ -269,19 +274,22 @@ pub fn escape_label_value(value: &str) -> String {
 }
 
 /// Converts what follows an OpenMetrics sample's labels (` value [timestamp] [# exemplar]`) into
-/// the text format: the exemplar goes, the timestamp turns from seconds into milliseconds.
-pub fn openmetrics_rest_to_text(rest: &str) -> Option<String> {
+/// the text format, into `out`: the exemplar goes, the timestamp turns from seconds into
+/// milliseconds. `None` if the value or timestamp is malformed.
+pub fn openmetrics_rest_to_text(rest: &str, out: &mut String) -> Option<()> {
+    use std::fmt::Write;
     let without_exemplar = rest.split(" # ").next().unwrap_or(rest);
     let mut parts = without_exemplar.split_whitespace();
     let value = parts.next()?;
     parse_value(value)?;
-    match parts.next() {
-        None => Some(format!(" {value}")),
-        Some(ts) => {
-            let seconds: f64 = ts.parse().ok()?;
-            Some(format!(" {value} {}", (seconds * 1000.0).round() as i64))
-        }
+    out.push(' ');
+    out.push_str(value);
+    if let Some(ts) = parts.next() {
+        let seconds: f64 = ts.parse().ok()?;
+        // Writing into a String cannot fail.
+        let _ = write!(out, " {}", (seconds * 1000.0).round() as i64);
     }
+    Some(())
 }
 
 #[cfg(test)]

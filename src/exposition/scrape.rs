@@ -3,7 +3,7 @@
 //! sees of the stream — the request line, then the response headers, then the body's size —
 //! with the header lookups passed in, so the proxy-wasm layer only fetches and forwards.
 
-use super::{Format, Unparsable};
+use super::{Format, RewriteError};
 
 /// What happened to one scrape the filter took on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ impl Outcome {
     }
 
     /// The outcome of a rewrite that failed.
-    pub fn of_error(error: &Unparsable) -> Outcome {
+    pub fn of_error(error: &RewriteError) -> Outcome {
         if error.is_too_large() {
             Outcome::TooLarge
         } else {

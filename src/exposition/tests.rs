@@ -205,7 +205,7 @@ fn malformed_truncated_and_binary_bodies_are_refused() {
     let truncated_om = "# TYPE a counter\na_total 1\n";
     assert!(rw.rewrite(truncated_om.as_bytes(), Some("application/openmetrics-text")).is_err());
     let small = Rewriter::new(&ExpositionSpec { max_body_bytes: 4, ..spec() }, &node, 128).unwrap();
-    assert_eq!(small.rewrite(b"metric 1\n", None).unwrap_err().reason, "body larger than max_body_bytes");
+    assert_eq!(small.rewrite(b"metric 1\n", None).unwrap_err().problem.message(), "body larger than max_body_bytes");
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn a_rewrite_larger_than_the_limit_is_refused() {
     s.inject_labels.push(inject("k8s_namespace_name", Source::Node { key: "NAMESPACE".into(), field: None }, true));
     let rw = Rewriter::new(&s, &node, 128).unwrap();
     let err = rw.rewrite(b"a 1\nb 2\nc 3\nd 4\n", None).unwrap_err();
-    assert_eq!(err.reason, "rewritten body larger than max_body_bytes");
+    assert_eq!(err.problem.message(), "rewritten body larger than max_body_bytes");
 }
 
 /// Mutated expositions (bytes flipped, inserted, cut) never panic the rewriter: it either
@@ -354,7 +354,7 @@ fn the_output_bound_counts_the_last_held_family() {
     let mut s2 = s.clone();
     s2.max_body_bytes = 45;
     let rw = Rewriter::new(&s2, &node, 128).unwrap();
-    assert_eq!(rw.rewrite(input.as_bytes(), None).unwrap_err().reason, "rewritten body larger than max_body_bytes");
+    assert_eq!(rw.rewrite(input.as_bytes(), None).unwrap_err().problem.message(), "rewritten body larger than max_body_bytes");
 }
 
 fn migration(kind: MigrationKind, old: &str, new: &str, sunset_unix: u64) -> Migration {

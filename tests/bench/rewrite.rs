@@ -8,6 +8,10 @@
 //!   cargo bench --bench rewrite -- [--warmup N] [--iters N] [--node KEY=VALUE]...
 //!       [--case NAME CONTRACT BODY_FILE]...           # what tests/bench/rewrite_throughput.py runs
 //!
+//!   cargo bench --bench rewrite -- --count [--only NAME] [--case ...]  # one untimed rewrite per case inside
+//!                                                     # `counted`, for callgrind's
+//!                                                     # --toggle-collect (instructions per byte)
+//!
 //! Besides the human-readable lines, each case prints one `BENCH {json}` line for the harness.
 
 use std::collections::HashMap;
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut warmup = 3usize;
     let mut iters = 15usize;
+    let mut count = false;
+    let mut only: Option<String> = None;
     let mut node: HashMap<String, Vec<u8>> = [
         ("NAME", "cart-7d9f8b6c5-x2x8k"),
         ("NAMESPACE", "shop"),
@@ -52,6 +58,8 @@ fn run() -> Result<(), String> {
         let mut value = |what: &str| args.next().ok_or_else(|| format!("{arg} needs {what}"));
         match arg.as_str() {
             "--bench" => {} // added by `cargo bench`
+            "--count" => count = true,
+            "--only" => only = Some(value("a case name")?),
             "--warmup" => warmup = value("a count")?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--iters" => iters = value("a count")?.parse::<usize>().map_err(|e| format!("--iters: {e}"))?.max(1),
             "--node" => {
@@ -67,7 +75,7 @@ fn run() -> Result<(), String> {
                 cases.push(Case { name, contract, body });
             }
             "-h" | "--help" => {
-                println!("usage: cargo bench --bench rewrite -- [--warmup N] [--iters N] [--node KEY=VALUE]... [--case NAME CONTRACT BODY_FILE]...");
+                println!("usage: cargo bench --bench rewrite -- [--warmup N] [--iters N] [--count] [--only NAME] [--node KEY=VALUE]... [--case NAME CONTRACT BODY_FILE]...");
                 return Ok(());
             }
             other => return Err(format!("unknown argument `{other}` (see --help)")),
@@ -77,12 +85,18 @@ fn run() -> Result<(), String> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench");
         for (size, label) in [(1_000_000, "1mb"), (8_000_000, "8mb")] {
             let body = exposition(size);
-            for contract in ["inject", "rename"] {
+            for contract in ["inject", "rename", "sum"] {
                 cases.push(Case { name: format!("{contract}-{label}"), contract: dir.join(format!("rewrite-{contract}.yaml")), body: body.clone() });
             }
         }
     }
 
+    if let Some(only) = &only {
+        cases.retain(|c| &c.name == only);
+        if cases.is_empty() {
+            return Err(format!("--only {only}: no such case"));
+        }
+    }
     let lookup = |key: &str, field: Option<&str>| {
         let k = match field {
             Some(f) => format!("{key}.{f}"),
@@ -100,6 +114,13 @@ fn run() -> Result<(), String> {
         let spec = config.exposition.as_ref().ok_or_else(|| format!("{}: no `exposition` section", case.contract.display()))?;
         let rewriter = Rewriter::new(spec, &lookup, config.max_value_length as usize)?;
         let format = Format::detect(None, &case.body);
+        if count {
+            // Warm (allocator, caches), then the one rewrite callgrind counts.
+            rewriter.rewrite_as(&case.body, format).map_err(|e| format!("{}: the body is not rewritten: {e}", case.name))?;
+            let out_bytes = counted(&rewriter, &case.body, format);
+            println!("COUNT {{\"case\":\"{}\",\"in_bytes\":{},\"out_bytes\":{out_bytes}}}", case.name, case.body.len());
+            continue;
+        }
         let once = || rewriter.rewrite_as(black_box(&case.body), format);
         let first = once().map_err(|e| format!("{}: the body is not rewritten: {e}", case.name))?;
         let out_bytes = first.body.len();
@@ -146,6 +167,13 @@ fn run() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// One rewrite, the only code callgrind counts in `--count` mode
+/// (`--toggle-collect='rewrite::counted'`); returns the output's size.
+#[inline(never)]
+fn counted(rewriter: &Rewriter, body: &[u8], format: Format) -> usize {
+    black_box(rewriter.rewrite_as(black_box(body), format)).map_or(0, |r| r.body.len())
 }
 
 /// A prom-client-style text exposition of about `target` bytes, the same shape as
