@@ -6,7 +6,7 @@
 
 use super::error::Problem;
 use super::line::{prefix_is, Sample};
-use super::rules::{map_value, Rewriter};
+use super::rules::{map_value, Rewriter, ValueRule};
 
 /// Which edits a write applies beyond renames, injections and aliases (which always apply).
 #[derive(Clone, Copy)]
@@ -20,12 +20,53 @@ pub(super) struct Edits<'a> {
     pub strict: bool,
 }
 
-/// Where one written label's name and value sit in the output (for migrated labels, whose old
-/// name repeats the value, and for the check that an alias does not exist already).
+/// What the pipeline does with one label of a sample.
 #[derive(Clone, Copy)]
-pub(super) struct Written {
-    name: (u32, u32),
-    value: (u32, u32),
+enum Step<'a> {
+    Drop,
+    /// The sample's value, under this (new) name.
+    Raw(&'a str),
+    /// An injected label's value (escaped) overwrites the sample's.
+    Inject(&'a str, &'a str),
+    /// The sample's value through a value map.
+    Map(&'a str, &'a ValueRule),
+}
+
+/// The pipeline worked out for one sequence of label names: the per-label lookups (renames,
+/// injections, value maps, drops, aliases, duplicates) are made once, not for every sample.
+pub(super) struct Plan<'a> {
+    /// The label names (as the app wrote them) this plan is for.
+    names: Vec<&'a str>,
+    steps: Vec<Step<'a>>,
+    /// Injected labels the sample lacks: (name, escaped value).
+    appended: Vec<(&'a str, &'a str)>,
+    /// Migrated labels: the old name, and the written label whose value it repeats.
+    aliases: Vec<(&'a str, usize)>,
+    /// A label name occurs twice after the renames.
+    duplicate: bool,
+}
+
+/// How many plans a cache keeps: a histogram's `_bucket` and `_sum`/`_count` samples differ by
+/// `le`, and some families mix label sets.
+const PLANS: usize = 4;
+
+/// The plans of one kind of write (streamed, held, a refused merge's fallback: each applies
+/// different edits), with the pipeline's scratch space.
+#[derive(Default)]
+pub(super) struct Plans<'a> {
+    plans: Vec<Plan<'a>>,
+    /// The plan the next miss replaces once the cache is full.
+    next: usize,
+    /// Where each written label's value went in the output (a migrated label repeats it).
+    values: Vec<(u32, u32)>,
+}
+
+impl Plans<'_> {
+    /// Forgets the plans (the edits they were made for changed: the next family drops others).
+    pub fn clear(&mut self) {
+        self.plans.clear();
+        self.next = 0;
+    }
 }
 
 /// Equality of the short strings compared for every sample (suffixes, family and label names),
@@ -35,9 +76,9 @@ pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && prefix_is(a, b)
 }
 
-impl Rewriter {
+impl<'a> Rewriter {
     #[inline]
-    fn label_name<'a>(&'a self, name: &'a str) -> &'a str {
+    fn label_name(&'a self, name: &'a str) -> &'a str {
         if self.label_renames.is_empty() {
             return name;
         }
@@ -55,49 +96,99 @@ impl Rewriter {
     /// scratch space. Fails on a series that would carry a label twice.
     #[inline(always)]
     pub(super) fn write_series(
-        &self,
+        &'a self,
         out: &mut Vec<u8>,
         name: Option<&str>,
         suffix: &str,
-        sample: &Sample<'_, '_>,
+        sample: &Sample<'a, '_>,
         edits: Edits<'_>,
-        written: &mut Vec<Written>,
+        plans: &mut Plans<'a>,
     ) -> Result<(), Problem> {
         if !self.edits_labels(edits) && self.write_verbatim_series(out, name, suffix, sample) {
             return Ok(());
         }
-        self.write_edited_series(out, name, suffix, sample, edits, written)
+        self.write_edited_series(out, name, suffix, sample, edits, plans)
+    }
+
+    /// The plan for a sample with these labels (the cached one when the family's previous
+    /// samples had the same label names, as they nearly always do).
+    fn plan<'p>(&'a self, plans: &'p mut Plans<'a>, labels: &[(&'a str, &'a str)], edits: Edits<'_>) -> &'p Plan<'a> {
+        let hit = plans.plans.iter().position(|p| p.names.len() == labels.len() && p.names.iter().zip(labels).all(|(a, (b, _))| same(a.as_bytes(), b.as_bytes())));
+        let at = match hit {
+            Some(at) => at,
+            None => {
+                let plan = self.make_plan(labels, edits);
+                if plans.plans.len() < PLANS {
+                    plans.plans.push(plan);
+                    plans.plans.len() - 1
+                } else {
+                    let at = plans.next;
+                    plans.next = (at + 1) % PLANS;
+                    plans.plans[at] = plan;
+                    at
+                }
+            }
+        };
+        &plans.plans[at]
+    }
+
+    /// Works out what the pipeline does with a series of these label names.
+    fn make_plan(&'a self, labels: &[(&'a str, &'a str)], edits: Edits<'_>) -> Plan<'a> {
+        let renamed: Vec<&'a str> = labels.iter().map(|(name, _)| self.label_name(name)).collect();
+        let duplicate = (edits.strict || !self.label_renames.is_empty())
+            && renamed.iter().enumerate().any(|(i, a)| renamed[i + 1..].iter().any(|b| same(a.as_bytes(), b.as_bytes())));
+        let dropped = |name: &str| edits.drops.iter().any(|d| same(d.as_bytes(), name.as_bytes()));
+        let mut written: Vec<&'a str> = Vec::new();
+        let steps = renamed
+            .iter()
+            .map(|&name| {
+                if dropped(name) {
+                    return Step::Drop;
+                }
+                written.push(name);
+                match self.injects.iter().find(|i| same(i.name.as_bytes(), name.as_bytes())) {
+                    Some(inject) if inject.overwrite => Step::Inject(name, &inject.escaped_value),
+                    _ => match self.value_maps.get(name).filter(|_| edits.map_values) {
+                        None => Step::Raw(name),
+                        Some(rule) => Step::Map(name, rule),
+                    },
+                }
+            })
+            .collect();
+        let mut appended = Vec::new();
+        for inject in &self.injects {
+            let present = renamed.iter().any(|n| same(n.as_bytes(), inject.name.as_bytes()));
+            if !present && !dropped(&inject.name) {
+                written.push(&inject.name);
+                appended.push((inject.name.as_str(), inject.escaped_value.as_str()));
+            }
+        }
+        // A migrated label repeats the new one's value under the old name, unless the series
+        // has the old name itself.
+        let aliases = self
+            .label_aliases
+            .iter()
+            .filter(|(_, old, _)| !written.iter().any(|w| same(w.as_bytes(), old.as_bytes())))
+            .filter_map(|(new, old, _)| Some((old.as_str(), written.iter().position(|w| same(w.as_bytes(), new.as_bytes()))?)))
+            .collect();
+        Plan { names: labels.iter().map(|(name, _)| *name).collect(), steps, appended, aliases, duplicate }
     }
 
     #[inline(never)]
     fn write_edited_series(
-        &self,
+        &'a self,
         out: &mut Vec<u8>,
         name: Option<&str>,
         suffix: &str,
-        sample: &Sample<'_, '_>,
+        sample: &Sample<'a, '_>,
         edits: Edits<'_>,
-        written: &mut Vec<Written>,
+        plans: &mut Plans<'a>,
     ) -> Result<(), Problem> {
-        // Each label's name after the renames, looked up once (on the stack for the usual few).
-        const ON_STACK: usize = 32;
-        let mut stack = [""; ON_STACK];
-        let heap: Vec<&str>;
-        let names: &[&str] = if sample.labels.len() <= ON_STACK {
-            for (slot, (name, _)) in stack.iter_mut().zip(sample.labels) {
-                *slot = self.label_name(name);
-            }
-            &stack[..sample.labels.len()]
-        } else {
-            heap = sample.labels.iter().map(|(name, _)| self.label_name(name)).collect();
-            &heap
-        };
-        if edits.strict || !self.label_renames.is_empty() {
-            for (i, a) in names.iter().enumerate() {
-                if names[i + 1..].iter().any(|b| same(a.as_bytes(), b.as_bytes())) {
-                    return Err(Problem::DuplicateLabel);
-                }
-            }
+        let mut values = std::mem::take(&mut plans.values);
+        let plan = self.plan(plans, sample.labels, edits);
+        if plan.duplicate {
+            plans.values = values;
+            return Err(Problem::DuplicateLabel);
         }
         match name {
             Some(name) => {
@@ -106,43 +197,31 @@ impl Rewriter {
             }
             None => out.extend_from_slice(sample.name.as_bytes()),
         }
-        written.clear();
-        let dropped = |name: &str| edits.drops.iter().any(|d| same(d.as_bytes(), name.as_bytes()));
-        for (&name, (_, raw)) in names.iter().zip(sample.labels) {
-            if dropped(name) {
-                continue;
-            }
-            match self.injects.iter().find(|i| same(i.name.as_bytes(), name.as_bytes())) {
-                Some(inject) if inject.overwrite => label(out, written, name, &inject.escaped_value),
-                _ => match self.value_maps.get(name).filter(|_| edits.map_values) {
-                    None => label(out, written, name, raw),
-                    Some(rule) => label(out, written, name, &map_value(rule, raw)),
-                },
+        values.clear();
+        for (step, (_, raw)) in plan.steps.iter().zip(sample.labels) {
+            match *step {
+                Step::Drop => {}
+                Step::Raw(name) => label(out, &mut values, name, raw),
+                Step::Inject(name, value) => label(out, &mut values, name, value),
+                Step::Map(name, rule) => label(out, &mut values, name, &map_value(rule, raw)),
             }
         }
-        for inject in &self.injects {
-            let present = names.iter().any(|n| same(n.as_bytes(), inject.name.as_bytes()));
-            if !present && !dropped(&inject.name) {
-                label(out, written, &inject.name, &inject.escaped_value);
-            }
+        for &(name, value) in &plan.appended {
+            label(out, &mut values, name, value);
         }
-        for (new, old, _) in &self.label_aliases {
-            let has = |wanted: &str| written.iter().find(|w| same(&out[w.name.0 as usize..w.name.1 as usize], wanted.as_bytes())).copied();
-            if has(old).is_some() {
-                continue;
-            }
-            if let Some(w) = has(new) {
-                let (a, b) = (w.value.0 as usize, w.value.1 as usize);
-                out.push(if written.is_empty() { b'{' } else { b',' });
-                out.extend_from_slice(old.as_bytes());
-                out.extend_from_slice(b"=\"");
-                out.extend_from_within(a..b);
-                out.push(b'"');
-            }
+        for &(old, at) in &plan.aliases {
+            let (a, b) = values[at];
+            // Follows the label it repeats, so never the first one.
+            out.push(b',');
+            out.extend_from_slice(old.as_bytes());
+            out.extend_from_slice(b"=\"");
+            out.extend_from_within(a as usize..b as usize);
+            out.push(b'"');
         }
-        if !written.is_empty() {
+        if !values.is_empty() {
             out.push(b'}');
         }
+        plans.values = values;
         Ok(())
     }
 
@@ -168,13 +247,14 @@ impl Rewriter {
             }
         }
         // Inside the braces, without a trailing comma or blanks (`{a="1",}` is valid input).
-        let inner = sample
-            .label_text
-            .strip_prefix('{')
-            .and_then(|t| t.strip_suffix('}'))
-            .unwrap_or("")
-            .trim_end_matches([' ', ',']);
-        let inner = if sample.labels.is_empty() { "" } else { inner };
+        let text = sample.label_text.as_bytes();
+        let mut inner: &[u8] = match (text.first(), text.last()) {
+            (Some(b'{'), Some(b'}')) if !sample.labels.is_empty() && text.len() >= 2 => &text[1..text.len() - 1],
+            _ => b"",
+        };
+        while let Some((b' ' | b',', rest)) = inner.split_last() {
+            inner = rest;
+        }
         let braces = !inner.is_empty() || present.count_ones() as usize != self.injects.len();
         match name {
             Some(name) => {
@@ -182,7 +262,7 @@ impl Rewriter {
                 out.extend_from_slice(suffix.as_bytes());
                 if braces {
                     out.push(b'{');
-                    out.extend_from_slice(inner.as_bytes());
+                    out.extend_from_slice(inner);
                 }
             }
             // The name and the labels as written, in one piece.
@@ -219,16 +299,15 @@ impl Rewriter {
     }
 }
 
-/// Writes one label (`{` before the first, `,` before the others), remembering where it went.
+/// Writes one label (`{` before the first, `,` before the others), remembering where its value
+/// went.
 #[inline(always)]
-fn label(out: &mut Vec<u8>, written: &mut Vec<Written>, name: &str, value: &str) {
-    out.push(if written.is_empty() { b'{' } else { b',' });
-    let name_start = out.len() as u32;
+fn label(out: &mut Vec<u8>, values: &mut Vec<(u32, u32)>, name: &str, value: &str) {
+    out.push(if values.is_empty() { b'{' } else { b',' });
     out.extend_from_slice(name.as_bytes());
-    let name_end = out.len() as u32;
     out.extend_from_slice(b"=\"");
-    let value_start = out.len() as u32;
+    let start = out.len() as u32;
     out.extend_from_slice(value.as_bytes());
-    written.push(Written { name: (name_start, name_end), value: (value_start, out.len() as u32) });
+    values.push((start, out.len() as u32));
     out.push(b'"');
 }

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::hash::Hasher;
 
-use super::edit::{same, Edits, Written};
+use super::edit::{same, Edits, Plans};
 use super::error::{Problem, RewriteError};
 use super::format::{Format, Kind};
 use super::line::{self, parse_sample, unescape_label_value, Sample};
@@ -36,12 +36,18 @@ struct Family {
 }
 
 /// The samples of the held family, until it ends (one per rewrite: its buffers serve every held
-/// family of the body).
+/// family of the body). They are written into the output as they come, rewritten, each line
+/// with its value, timestamp and exemplar — what the family emits when no two of its series
+/// merged — and replaced when the family ends if some did.
 #[derive(Default)]
 struct Held {
-    /// The samples rewritten, a line each with value, timestamp and exemplar: what the family
-    /// emits when no two of its series merged.
-    exact: Vec<u8>,
+    /// Where the held samples start in the output, once the first is written.
+    start: Option<usize>,
+    /// What the family writes besides samples once they started (a HELP after them, free
+    /// comments): it goes before them, where a held family always had it.
+    prefix: Vec<u8>,
+    /// The merged samples, built before they replace the held ones.
+    merged: Vec<u8>,
     /// Distinct series, in order of appearance.
     series: Vec<HeldSeries>,
     /// Hash of a series' bytes → the last of `series` with that hash (earlier ones chained by
@@ -56,8 +62,8 @@ struct Held {
 }
 
 struct HeldSeries {
-    /// `name{labels}` in `Held::exact`.
-    key: (u32, u32),
+    /// `name{labels}` in the output.
+    key: (usize, usize),
     value: f64,
     /// The next series with the same hash.
     next: u32,
@@ -67,7 +73,8 @@ const NO_SERIES: u32 = u32::MAX;
 
 impl Held {
     fn clear(&mut self) {
-        self.exact.clear();
+        self.start = None;
+        self.prefix.clear();
         self.series.clear();
         self.index.clear();
         self.lines.clear();
@@ -75,13 +82,9 @@ impl Held {
         self.refuse = false;
     }
 
-    fn key(&self, series: &HeldSeries) -> &[u8] {
-        &self.exact[series.key.0 as usize..series.key.1 as usize]
-    }
-
-    /// The index of the series `exact[key.0..key.1]` if it is held already; else it is added.
-    fn find_or_add(&mut self, key: (u32, u32), value: f64) -> Option<usize> {
-        let bytes = &self.exact[key.0 as usize..key.1 as usize];
+    /// The index of the series `out[key.0..key.1]` if it is held already; else it is added.
+    fn find_or_add(&mut self, out: &[u8], key: (usize, usize), value: f64) -> Option<usize> {
+        let bytes = &out[key.0..key.1];
         let mut hasher = FastHasher::default();
         hasher.write(bytes);
         let hash = hasher.finish();
@@ -89,7 +92,7 @@ impl Held {
         let mut at = head;
         while at != NO_SERIES {
             let series = &self.series[at as usize];
-            if self.key(series) == bytes {
+            if &out[series.key.0..series.key.1] == bytes {
                 return Some(at as usize);
             }
             at = series.next;
@@ -101,8 +104,8 @@ impl Held {
 }
 
 /// State of one rewrite.
-pub(super) struct Run<'r, 'a> {
-    rw: &'r Rewriter,
+pub(super) struct Run<'a> {
+    rw: &'a Rewriter,
     /// The body (held samples are read again from it).
     body: &'a str,
     /// Format of the body read.
@@ -118,14 +121,17 @@ pub(super) struct Run<'r, 'a> {
     pub emitted: HashSet<String>,
     pub stats: RewriteStats,
     held: Held,
-    /// Scratch space of the label pipeline.
-    written: Vec<Written>,
+    /// The label pipeline's plans for streamed samples, held ones (per family: their drops
+    /// differ) and a refused merge's fallback.
+    streamed: Plans<'a>,
+    holding: Plans<'a>,
+    unmerged: Plans<'a>,
     /// Scratch space for an OpenMetrics sample's value and timestamp converted to text.
     rest: String,
 }
 
-impl<'r, 'a> Run<'r, 'a> {
-    pub fn new(rw: &'r Rewriter, body: &'a str, format: Format, output: Format) -> Run<'r, 'a> {
+impl<'a> Run<'a> {
+    pub fn new(rw: &'a Rewriter, body: &'a str, format: Format, output: Format) -> Run<'a> {
         Run {
             rw,
             body,
@@ -138,7 +144,9 @@ impl<'r, 'a> Run<'r, 'a> {
             emitted: HashSet::new(),
             stats: RewriteStats::default(),
             held: Held::default(),
-            written: Vec::new(),
+            streamed: Plans::default(),
+            holding: Plans::default(),
+            unmerged: Plans::default(),
             rest: String::new(),
         }
     }
@@ -150,7 +158,7 @@ impl<'r, 'a> Run<'r, 'a> {
         self.finish_family();
     }
 
-    pub fn line<'l>(&mut self, line: &'l str, line_no: usize, labels: &mut Vec<(&'l str, &'l str)>) -> Result<(), RewriteError> {
+    pub fn line(&mut self, line: &'a str, line_no: usize, labels: &mut Vec<(&'a str, &'a str)>) -> Result<(), RewriteError> {
         if line.is_empty() {
             if self.format == Format::OpenMetrics {
                 return Err(RewriteError::at(line_no, Problem::EmptyLineInOpenMetrics));
@@ -183,8 +191,9 @@ impl<'r, 'a> Run<'r, 'a> {
             if !self.pending.is_empty() {
                 self.pending.push(("#".into(), line.to_string()));
             } else if self.family.as_ref().is_none_or(|f| f.keep) {
-                self.out.extend_from_slice(line.as_bytes());
-                self.out.push(b'\n');
+                let out = self.meta_out();
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
             }
             return Ok(());
         }
@@ -276,6 +285,8 @@ impl<'r, 'a> Run<'r, 'a> {
             rw.old_family_name(&new_key, suffix, companion).map(|old| (self.out.len(), old))
         };
         self.last_family = Some(key.clone());
+        // The held samples' plans were made for the previous family's drops.
+        self.holding.clear();
         self.family = Some(Family {
             name: name.to_string(),
             kind,
@@ -302,6 +313,15 @@ impl<'r, 'a> Run<'r, 'a> {
         }
     }
 
+    /// Where metadata and comments go: the output, or before the held samples once they started.
+    fn meta_out(&mut self) -> &mut Vec<u8> {
+        if self.held.start.is_some() {
+            &mut self.held.prefix
+        } else {
+            &mut self.out
+        }
+    }
+
     fn emit_metadata(&mut self, keyword: &str, rest: &str) {
         let Some(family) = &self.family else { return };
         if !family.keep {
@@ -309,8 +329,9 @@ impl<'r, 'a> Run<'r, 'a> {
         }
         if keyword == "#" {
             // A free comment that came with the metadata.
-            self.out.extend_from_slice(rest.as_bytes());
-            self.out.push(b'\n');
+            let out = self.meta_out();
+            out.extend_from_slice(rest.as_bytes());
+            out.push(b'\n');
             return;
         }
         if keyword == "UNIT" {
@@ -322,14 +343,15 @@ impl<'r, 'a> Run<'r, 'a> {
             }
         }
         let suffix = if self.output == Format::Text { family.kind.text_suffix(self.format) } else { "" };
+        let out = if self.held.start.is_some() { &mut self.held.prefix } else { &mut self.out };
         for part in ["# ", keyword, " ", &family.new_name, suffix] {
-            self.out.extend_from_slice(part.as_bytes());
+            out.extend_from_slice(part.as_bytes());
         }
         if !rest.is_empty() {
-            self.out.push(b' ');
-            self.out.extend_from_slice(rest.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(rest.as_bytes());
         }
-        self.out.push(b'\n');
+        out.push(b'\n');
     }
 
     /// The suffix of `sample_name` within the open family, if it belongs to it.
@@ -344,7 +366,7 @@ impl<'r, 'a> Run<'r, 'a> {
         family.kind.suffixes().iter().find(|s| same(s.as_bytes(), rest)).copied()
     }
 
-    fn sample(&mut self, sample: Sample<'_, '_>, line_no: usize) -> Result<(), RewriteError> {
+    fn sample(&mut self, sample: Sample<'a, '_>, line_no: usize) -> Result<(), RewriteError> {
         // A sample after HELP/UNIT lines of another metric does not go back into the open family.
         let suffix = match self.suffix_in_family(sample.name, sample.starts_with_hint).filter(|_| self.pending.is_empty()) {
             Some(s) => s,
@@ -395,22 +417,23 @@ impl<'r, 'a> Run<'r, 'a> {
         if !family.hold {
             // The common path: written straight out.
             let edits = Edits { map_values: false, drops: &[], strict: false };
-            rw.write_series(&mut self.out, name, suffix, &sample, edits, &mut self.written).map_err(|p| RewriteError::at(line_no, p))?;
+            rw.write_series(&mut self.out, name, suffix, &sample, edits, &mut self.streamed).map_err(|p| RewriteError::at(line_no, p))?;
             write_rest(&mut self.out, rest);
         } else {
-            // Held: rewritten into the family's buffer, and looked up by its series.
+            // Held: rewritten into the output, and looked up by its series.
             let held = &mut self.held;
-            let start = held.exact.len() as u32;
+            let start = self.out.len();
+            held.start.get_or_insert(start);
             let edits = Edits { map_values: true, drops: &family.drops, strict: true };
-            rw.write_series(&mut held.exact, Some(&family.new_name), suffix, &sample, edits, &mut self.written)
+            rw.write_series(&mut self.out, Some(&family.new_name), suffix, &sample, edits, &mut self.holding)
                 .map_err(|p| RewriteError::at(line_no, p))?;
-            let key = (start, held.exact.len() as u32);
-            write_rest(&mut held.exact, rest);
+            let key = (start, self.out.len());
+            write_rest(&mut self.out, rest);
             let value_text = rest.split_whitespace().next().ok_or(RewriteError::at(line_no, Problem::SampleWithoutValue))?;
             let value = line::parse_value(value_text).ok_or(RewriteError::at(line_no, Problem::ValueNotANumber))?;
             let offset = sample.line.as_ptr() as usize - self.body.as_ptr() as usize;
             held.lines.push((offset as u32, (offset + sample.line.len()) as u32, suffix));
-            if let Some(i) = held.find_or_add(key, value) {
+            if let Some(i) = held.find_or_add(&self.out, key, value) {
                 let created = suffix == "_created" || family.created_companion;
                 if !family.kind.summable(suffix, created) {
                     held.refuse = true;
@@ -427,22 +450,31 @@ impl<'r, 'a> Run<'r, 'a> {
         Ok(())
     }
 
-    /// Emits the open family's held-back samples (aggregated, or as they were if refused).
+    /// Ends the open family: its held samples stay as written, are merged, or (a refused merge)
+    /// are written again as they were.
     fn finish_family(&mut self) {
         let Some(family) = self.family.take() else { return };
-        if self.held.series.is_empty() {
-            // Nothing held back.
-        } else if self.held.refuse {
-            self.stats.aggregation_refused += 1;
-            self.write_unmerged(&family);
-        } else if !self.held.collided {
-            self.out.extend_from_slice(&self.held.exact);
-        } else {
-            for series in &self.held.series {
-                self.out.extend_from_slice(self.held.key(series));
-                self.out.push(b' ');
-                line::write_value(&mut self.out, series.value);
-                self.out.push(b'\n');
+        if let Some(start) = self.held.start {
+            let held = &mut self.held;
+            if held.refuse {
+                self.stats.aggregation_refused += 1;
+                self.out.truncate(start);
+                self.out.extend_from_slice(&held.prefix);
+                self.write_unmerged(&family);
+            } else if held.collided {
+                held.merged.clear();
+                for series in &held.series {
+                    held.merged.extend_from_slice(&self.out[series.key.0..series.key.1]);
+                    held.merged.push(b' ');
+                    line::write_value(&mut held.merged, series.value);
+                    held.merged.push(b'\n');
+                }
+                self.out.truncate(start);
+                self.out.extend_from_slice(&held.prefix);
+                self.out.extend_from_slice(&held.merged);
+            } else if !held.prefix.is_empty() {
+                // Rare: a HELP line or comment after the first sample.
+                self.out.splice(start..start, held.prefix.iter().copied());
             }
         }
         self.held.clear();
@@ -468,7 +500,7 @@ impl<'r, 'a> Run<'r, 'a> {
             } else {
                 sample.rest
             };
-            if self.rw.write_series(&mut self.out, Some(&family.new_name), suffix, &sample, edits, &mut self.written).is_ok() {
+            if self.rw.write_series(&mut self.out, Some(&family.new_name), suffix, &sample, edits, &mut self.unmerged).is_ok() {
                 write_rest(&mut self.out, rest);
             }
         }

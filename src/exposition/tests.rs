@@ -455,3 +455,27 @@ fn a_regex_rename_that_makes_a_bad_name_leaves_the_family_alone() {
     let body = "# TYPE x_9 gauge\nx_9 1\n# TYPE x_ok gauge\nx_ok 2\n";
     assert_eq!(rewrite(&s, body), "# TYPE x_9 gauge\nx_9 1\n# TYPE ok gauge\nok 2\n");
 }
+
+#[test]
+fn a_held_family_keeps_its_metadata_and_comments_before_its_samples() {
+    let mut s = spec();
+    s.drop_labels.push(LabelDrop { label: "pid".into(), metrics: None });
+    s.rename_labels.push(LabelRename { from: "status".into(), to: "code".into() });
+    s.inject_labels.push(inject("k8s_pod_name", Source::Node { key: "NAME".into(), field: None }, false));
+    // Summed (counter), kept as written (no two series meet), refused (a gauge): in each case a
+    // HELP line and a free comment that came after the first sample stay before the samples.
+    let input = "# TYPE c_total counter\nc_total{pid=\"1\",status=\"200\"} 1\n# HELP c_total Counted\n\
+                 # a comment\nc_total{pid=\"2\",status=\"200\"} 2\n\
+                 # TYPE u_total counter\nu_total{pid=\"1\"} 1\n# HELP u_total Unique\nu_total{status=\"500\"} 2\n\
+                 # TYPE g gauge\ng{pid=\"1\"} 1\n# HELP g Refused\ng{pid=\"2\",status=\"1\"} 2 17\ng{pid=\"3\",status=\"1\"} 3\n";
+    let rw = Rewriter::new(&s, &node, 128).unwrap();
+    let out = rw.rewrite(input.as_bytes(), None).unwrap();
+    assert_eq!(
+        String::from_utf8(out.body).unwrap(),
+        "# TYPE c_total counter\n# HELP c_total Counted\n# a comment\nc_total{code=\"200\",k8s_pod_name=\"cart-1\"} 3\n\
+         # TYPE u_total counter\n# HELP u_total Unique\nu_total{k8s_pod_name=\"cart-1\"} 1\nu_total{code=\"500\",k8s_pod_name=\"cart-1\"} 2\n\
+         # TYPE g gauge\n# HELP g Refused\ng{pid=\"1\",k8s_pod_name=\"cart-1\"} 1\ng{pid=\"2\",code=\"1\",k8s_pod_name=\"cart-1\"} 2 17\n\
+         g{pid=\"3\",code=\"1\",k8s_pod_name=\"cart-1\"} 3\n"
+    );
+    assert_eq!((out.stats.series_aggregated, out.stats.aggregation_refused), (2, 1));
+}

@@ -53,6 +53,24 @@ def exposition_seeds():
         for selector in range(5):
             for mode in (0, 4):
                 seed("exposition", bytes([selector, mode]) + body, f"{name}-{selector}-{mode}")
+    # The held families' paths (contract 3: drops `pid` and `a`, maps `status`, `route` and `b`):
+    # series that merge, a gauge whose merge is refused (written again as it was), a HELP line
+    # and free comments after the first held sample (they go before the held samples), and
+    # OpenMetrics samples with timestamps and exemplars converted to text.
+    held = {
+        "held-text": b'# TYPE c_total counter\nc_total{pid="1",status="OK"} 1\n# a comment\nc_total{pid="2",status="200"} 2\n'
+        b'# HELP c_total Counted\nc_total{pid="3",status="q"} 3 1700000000000\n# TYPE g gauge\ng{pid="1",b="x"} 1\n'
+        b'# HELP g After a sample\ng{pid="2",b="y"} 2\n# TYPE h histogram\nh_bucket{le="1",pid="1",route="/u/:id"} 1\n'
+        b'h_bucket{le="1",pid="2",route="/u/:id"} 2\nh_sum{pid="1"} 1.5\nh_sum{pid="2"} -Inf\nh_count{pid="1"} 1\nh_count{pid="2"} 2\n'
+        b'# TYPE s summary\ns{quantile="0.5",pid="1"} 1\ns{quantile="0.5",pid="2"} 2\ns_sum{pid="1"} 1\ns_sum{pid="2"} 2\n'
+        b'c_created{pid="1"} 1.7e9\nc_created{pid="2"} 1.6e9\n',
+        "held-om": b'# TYPE c counter\n# HELP c Counted\nc_total{pid="1",a="x"} 1 1700000000.5 # {trace_id="t"} 1 1.5\n'
+        b'c_total{pid="2",a="y"} 2 1700000001\nc_created{pid="1"} 1.7e9\nc_created{pid="2"} 1.6e9\n# TYPE g gauge\n'
+        b'g{pid="1"} 1\ng{pid="2"} NaN\n# EOF\n',
+    }
+    for name, body in held.items():
+        for mode in (0, 4, 5):
+            seed("exposition", bytes([3, mode]) + body, f"{name}-3-{mode}")
 
 
 def stat_names_seeds():
