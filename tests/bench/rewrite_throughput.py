@@ -2,9 +2,10 @@
 
 Bodies: a prom-client-style Prometheus text exposition (runtime noise, per-route request
 counters, a per-route millisecond histogram, per-queue gauges) of 1 MB and 8 MB. Contracts:
-tests/bench/rewrite-inject.yaml (inject the pod identity into every series) and
+tests/bench/rewrite-inject.yaml (inject the pod identity into every series),
 tests/bench/rewrite-rename.yaml (rename every family and three labels, value maps, drop runtime
-families, inject).
+families, inject) and tests/bench/rewrite-sum.yaml (drop the `method` label of the counters and
+the histogram, summing the four methods' series into one; inject).
 
 (a) native: `cargo bench --bench rewrite` (tests/bench/rewrite.rs): the library's Rewriter timed
     in-process over each body, warm-up + N iterations, median and best; MB/s of input.
@@ -17,6 +18,10 @@ families, inject).
     listener and cluster (the contracts' max_body_bytes is 32 MiB: an 8 MB body grows by the
     injected labels), and the run checks that each filter's output equals `metricpact rewrite`'s
     and that every scrape was rewritten.
+(c) instructions per input byte: the native bench's `--count` mode under
+    `valgrind --tool=callgrind --toggle-collect=rewrite::counted`: one rewrite of each body, after
+    a warm-up one, counted alone. Deterministic (this VM's wall-clock speed swings ~1.7x within
+    minutes), so it is the figure to steer by.
 
 usage: .venv/bin/python tests/bench/rewrite_throughput.py [--rounds 5] [--seconds 3] [--iters 15]
 """
@@ -36,7 +41,8 @@ import benchlib
 from benchlib import harness, median
 
 CONTRACTS = {"inject-only": benchlib.BENCH / "rewrite-inject.yaml",
-             "rename-heavy": benchlib.BENCH / "rewrite-rename.yaml"}
+             "rename-heavy": benchlib.BENCH / "rewrite-rename.yaml",
+             "summing": benchlib.BENCH / "rewrite-sum.yaml"}
 SIZES = {"1 MB": ("/metrics/1mb", 1_000_000), "8 MB": ("/metrics/8mb", 8_000_000)}
 BUFFER_LIMIT = 64 << 20
 NODE = harness.ISTIO_NODE_METADATA
@@ -156,6 +162,41 @@ def native(args, bodies: dict, cores: benchlib.Cores, log=print) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------- (c) instructions per byte
+
+def instructions(args, bodies: dict, log=print) -> dict:
+    """Instructions of one native rewrite per case under callgrind: {contract: {size: {...}}}."""
+    exe = bench_executable(log)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="metricpact-bench-callgrind-") as tmp:
+        for contract, path in CONTRACTS.items():
+            for size, body_path in bodies.items():
+                profile = Path(tmp) / f"{contract}-{size.replace(' ', '')}.callgrind"
+                argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}",
+                        "--toggle-collect=rewrite::counted", exe, "--bench", "--count", *node_args(),
+                        "--case", f"{contract}|{size}", str(path), str(body_path)]
+                res = subprocess.run(argv, capture_output=True, text=True)
+                counted = [json.loads(line[len("COUNT "):]) for line in res.stdout.splitlines() if line.startswith("COUNT ")]
+                if res.returncode != 0 or len(counted) != 1:
+                    raise RuntimeError(f"callgrind of the rewrite bench failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-2000:]}")
+                total = callgrind_total(profile)
+                if total <= 0:
+                    raise RuntimeError(f"{profile}: no instructions counted in rewrite::counted (symbols stripped?)")
+                per_byte = total / counted[0]["in_bytes"]
+                out.setdefault(contract, {})[size] = {"instructions": total, "in_bytes": counted[0]["in_bytes"],
+                                                      "per_byte": per_byte}
+                log(f"  instructions: {contract:12s} {size}: {total:,} = {per_byte:.1f} per input byte")
+    return out
+
+
+def callgrind_total(profile: Path) -> int:
+    """The event total callgrind wrote (`summary:` or `totals:` line)."""
+    for line in profile.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"{profile}: no summary line")
+
+
 # ---------------------------------------------------------------- (b) through Envoy
 
 def through_envoy(args, bodies: dict, cores: benchlib.Cores, log=print) -> dict:
@@ -244,6 +285,7 @@ def run(args, cores: benchlib.Cores, log=print) -> dict:
             bodies[size] = Path(tmp) / f"exposition-{nbytes}.txt"
             bodies[size].write_bytes(exposition(nbytes))
         result = {"native": native(args, bodies, cores, log)}
+        result["instructions"] = instructions(args, bodies, log)
         result["envoy"] = through_envoy(args, bodies, cores, log)
     return result
 
@@ -265,6 +307,9 @@ def main():
     for contract, sizes in result["native"].items():
         for size, r in sizes.items():
             print(f"native   {contract:12s} {size}: median {r['median_mb_s']:8.1f} MB/s  best {r['best_mb_s']:8.1f} MB/s")
+    for contract, sizes in result["instructions"].items():
+        for size, r in sizes.items():
+            print(f"count    {contract:12s} {size}: {r['per_byte']:8.1f} instructions per input byte")
     for size, r in result["envoy"].items():
         for contract in CONTRACTS:
             e = r[contract]
