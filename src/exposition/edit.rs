@@ -2,7 +2,9 @@
 //! output with the contract's edits applied in a fixed order: labels renamed, values mapped,
 //! injected labels overwriting or added, dropped labels left out, migrated labels repeated under
 //! their old names. Every path of the rewrite (streamed samples, held families, their fallback)
-//! writes through it; it works on slices of the input and allocates only for a regex value map.
+//! writes through it. It works on slices of the input; per sample it allocates only for a regex
+//! value map or an escaped value a map looks up, and the per-label lookups are made once per
+//! sequence of label names (a [`Plan`]), not for every sample.
 
 use super::error::Problem;
 use super::line::{prefix_is, Sample};
@@ -92,8 +94,9 @@ impl<'a> Rewriter {
     }
 
     /// Writes `name{labels}` of `sample` into `out` (`name`: the series' new name, written as
-    /// `name` + `suffix`, or the sample's own when `None`), every edit applied; `written` is
-    /// scratch space. Fails on a series that would carry a label twice.
+    /// `name` + `suffix`, or the sample's own when `None`), every edit applied; `plans` caches
+    /// the plans of this kind of write. Fails on a series whose labels, renamed, name one label
+    /// twice (checked with renames or `strict`).
     #[inline(always)]
     pub(super) fn write_series(
         &'a self,

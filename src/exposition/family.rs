@@ -151,6 +151,11 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// How much of the output is final: all of it but a held family's samples, which may merge.
+    pub fn final_len(&self) -> usize {
+        self.held.start.unwrap_or(self.out.len())
+    }
+
     /// Ends the body (or the part before `# EOF`): what is still open or pending is written.
     pub fn end(&mut self) {
         self.finish_family();
@@ -344,6 +349,7 @@ impl<'a> Run<'a> {
         }
         let suffix = if self.output == Format::Text { family.kind.text_suffix(self.format) } else { "" };
         let out = if self.held.start.is_some() { &mut self.held.prefix } else { &mut self.out };
+        // (Not `meta_out()`: `family` still borrows `self.family`.)
         for part in ["# ", keyword, " ", &family.new_name, suffix] {
             out.extend_from_slice(part.as_bytes());
         }
@@ -403,13 +409,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let rest = if self.output == Format::Text && self.format == Format::OpenMetrics {
-            self.rest.clear();
-            line::openmetrics_rest_to_text(sample.rest, &mut self.rest).ok_or(RewriteError::at(line_no, Problem::MalformedValue))?;
-            self.rest.as_str()
-        } else {
-            sample.rest
-        };
+        let rest = rest_as_output(self.format, self.output, &mut self.rest, sample.rest).ok_or(RewriteError::at(line_no, Problem::MalformedValue))?;
         if !family.emitted {
             self.emitted.insert(format!("{}{}", family.new_name, family.kind.text_suffix(self.format)));
         }
@@ -491,19 +491,23 @@ impl<'a> Run<'a> {
         for &(start, end, suffix) in &self.held.lines {
             let text = &self.body[start as usize..end as usize];
             let Some(sample) = reparse(text, &mut labels) else { continue };
-            let rest = if self.output == Format::Text && self.format == Format::OpenMetrics {
-                self.rest.clear();
-                if line::openmetrics_rest_to_text(sample.rest, &mut self.rest).is_none() {
-                    continue;
-                }
-                self.rest.as_str()
-            } else {
-                sample.rest
-            };
+            let Some(rest) = rest_as_output(self.format, self.output, &mut self.rest, sample.rest) else { continue };
             if self.rw.write_series(&mut self.out, Some(&family.new_name), suffix, &sample, edits, &mut self.unmerged).is_ok() {
                 write_rest(&mut self.out, rest);
             }
         }
+    }
+}
+
+/// What follows a sample's labels as `output` writes it: as read, or an OpenMetrics value and
+/// timestamp converted to text (into `scratch`). `None` if the conversion finds them malformed.
+fn rest_as_output<'s>(read: Format, output: Format, scratch: &'s mut String, rest: &'s str) -> Option<&'s str> {
+    if output == Format::Text && read == Format::OpenMetrics {
+        scratch.clear();
+        line::openmetrics_rest_to_text(rest, scratch)?;
+        Some(scratch.as_str())
+    } else {
+        Some(rest)
     }
 }
 

@@ -24,6 +24,9 @@ pub use rules::Rewriter;
 
 use family::Run;
 
+/// How far beyond `max_body_bytes` the output may grow while a held family waits to be merged.
+const HELD_ROOM: usize = 4;
+
 /// What one rewrite did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RewriteStats {
@@ -90,6 +93,12 @@ impl Rewriter {
                 continue;
             }
             run.line(line, line_no, &mut labels)?;
+            // Stop as soon as the output is sure to outgrow the limit: that is what bounds the
+            // memory a body can make the VM take (injected labels multiply short lines). A held
+            // family may shrink when its series merge, so it gets room until then.
+            if run.final_len() > self.max_body_bytes || run.out.len() > self.max_body_bytes.saturating_mul(HELD_ROOM) {
+                return Err(RewriteError::body(Problem::RewrittenTooLarge));
+            }
         }
         if input == Format::OpenMetrics && !saw_eof {
             return Err(RewriteError::body(Problem::MissingEof));
@@ -109,7 +118,6 @@ impl Rewriter {
         run.stats.missing_required = missing_required;
         Ok(Rewritten { body: run.out, format, stats: run.stats })
     }
-
 }
 
 #[cfg(test)]

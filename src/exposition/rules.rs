@@ -187,12 +187,7 @@ impl Rewriter {
                 .filter(|m| m.kind == MigrationKind::Metric)
                 .map(|m| (m.new.clone(), (m.old.clone(), m.sunset_unix)))
                 .collect(),
-            label_aliases: spec
-                .migrations
-                .iter()
-                .filter(|m| m.kind == MigrationKind::Label)
-                .map(|m| (m.new.clone(), m.old.clone(), m.sunset_unix))
-                .collect(),
+            label_aliases: label_aliases(&spec.migrations),
         })
     }
 
@@ -269,6 +264,29 @@ impl ExpositionSpec {
     }
 }
 
+/// The label migrations as (label the series carries, old name, sunset): each old name once (the
+/// first migration naming it: a series with the label twice would be refused by Prometheus), and
+/// a chain (`a` renamed to `b`, later `b` to `c`) followed to the label the series has today, so
+/// every old name of the chain is written beside it, whatever the order of the migrations.
+fn label_aliases(migrations: &[crate::config::Migration]) -> Vec<(String, String, u64)> {
+    let labels: Vec<_> = migrations.iter().filter(|m| m.kind == MigrationKind::Label).collect();
+    let mut aliases: Vec<(String, String, u64)> = Vec::new();
+    for m in &labels {
+        if aliases.iter().any(|(_, old, _)| *old == m.old) {
+            continue;
+        }
+        let mut current = m.new.as_str();
+        // At most one step per migration: a cycle stops where it started.
+        for _ in 0..labels.len() {
+            match labels.iter().find(|next| next.old == current) {
+                Some(next) if next.new != m.old => current = &next.new,
+                _ => break,
+            }
+        }
+        aliases.push((current.to_string(), m.old.clone(), m.sunset_unix));
+    }
+    aliases
+}
 
 /// A label value after the value maps: the mapped value (escaped), or `raw` when no rule maps it.
 /// Borrowed from the table or the input in all but the regex case.

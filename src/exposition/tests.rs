@@ -479,3 +479,34 @@ fn a_held_family_keeps_its_metadata_and_comments_before_its_samples() {
     );
     assert_eq!((out.stats.series_aggregated, out.stats.aggregation_refused), (2, 1));
 }
+
+#[test]
+fn every_old_name_of_a_label_renamed_twice_is_written_on_every_path() {
+    let label = |old: &str, new: &str| migration(MigrationKind::Label, old, new, 4_102_444_800);
+    // `a` became `b`, then `b` became `c` (listed in either order), and `c` twice is one alias.
+    for migrations in [vec![label("b", "c"), label("a", "b")], vec![label("a", "b"), label("b", "c"), label("b", "c")]] {
+        let mut s = spec();
+        s.migrations = migrations.clone();
+        let streamed = rewrite(&s, "# TYPE x_total counter\nx_total{c=\"1\"} 1\n");
+        s.drop_labels.push(LabelDrop { label: "pid".into(), metrics: None });
+        let held = rewrite(&s, "# TYPE x_total counter\nx_total{c=\"1\",pid=\"9\"} 1\n");
+        let order = if migrations[0].old == "b" { "b=\"1\",a=\"1\"" } else { "a=\"1\",b=\"1\"" };
+        let expected = format!("# TYPE x_total counter\nx_total{{c=\"1\",{order}}} 1\n");
+        assert_eq!((streamed.as_str(), held.as_str()), (expected.as_str(), expected.as_str()));
+    }
+}
+
+#[test]
+fn the_rewrite_stops_where_the_output_outgrows_the_limit() {
+    // Short lines and a long injected label: the output would be many times the input. The
+    // rewrite stops at the line that crosses the limit (the memory it takes stays bounded), so
+    // a malformed line after it is never read.
+    let mut s = spec();
+    s.inject_labels.push(Injection { name: "k8s_pod_name".into(), source: Source::Constant { value: "p".repeat(100) }, default: String::new(), overwrite: false });
+    s.max_body_bytes = 4096;
+    let rw = Rewriter::new(&s, &node, 128).unwrap();
+    let body = format!("{}m{{ broken\n", "a 1\n".repeat(100));
+    let err = rw.rewrite(body.as_bytes(), None).unwrap_err();
+    assert_eq!((err.line, err.problem), (0, Problem::RewrittenTooLarge));
+    assert!(err.is_too_large());
+}

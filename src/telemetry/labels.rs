@@ -210,7 +210,9 @@ impl LabelSet {
 }
 
 /// What gives label sources their values: the request side at request headers, the response side
-/// ([`super::error_type::Verdict`]) when the stream is done.
+/// ([`super::error_type::Verdict`]) when the stream is done. The implementations are `#[inline]`
+/// into [`LabelSet::resolve`]: a call per source costs more than the match does (natively 2,982
+/// instead of 2,722 instructions per request of the default contract).
 pub(super) trait ValueSource {
     /// The value `source` has for this stream, before sanitizing (`None`: it has none, the
     /// label's next source is asked).
@@ -225,8 +227,7 @@ pub(super) struct RequestSide<'a> {
 }
 
 impl ValueSource for RequestSide<'_> {
-    // Inlined into `LabelSet::resolve`: a call per source costs more than the match does (natively
-    // 2,982 instead of 2,722 instructions per request of the default contract).
+    // Inlined: see `ValueSource`.
     #[inline]
     fn value<'a>(&'a self, source: &'a Source) -> Option<Cow<'a, str>> {
         self.normalizer.request_value(source, self.request, self.grpc)

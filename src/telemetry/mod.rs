@@ -60,8 +60,6 @@ pub trait MetricHost {
     fn admit(&mut self, scope: &str, member: &str, max: u32) -> bool;
 }
 
-
-
 /// A request attribute's bytes: borrowed where the host already holds them (the filter's header
 /// map, read once per request), owned where a hostcall returned them. Each request resolves
 /// several attributes, so copying none of them is a saving on every request.
@@ -108,7 +106,6 @@ impl std::fmt::Display for ConfigError {
         f.write_str(&self.0)
     }
 }
-
 
 /// Per-stream state between request headers and the end of the stream.
 #[derive(Debug, Clone)]

@@ -138,11 +138,15 @@ impl SeriesSet {
             }
         };
         let mut ids = SeriesIds::default();
+        // Current names first, then the old ones (the order the metric ids have always had).
         for (slot, metric) in self.metrics.iter().enumerate() {
-            let Some(metric) = metric else { continue };
-            ids.current[slot] = host.define(metric.kind, &format!("{}.{tags}", metric.name));
-            if let Some(old) = &metric.old {
-                ids.old[slot] = host.define(metric.kind, &format!("{}.{tags}", old.name));
+            if let Some(metric) = metric {
+                ids.current[slot] = host.define(metric.kind, &format!("{}.{tags}", metric.name));
+            }
+        }
+        for (slot, metric) in self.metrics.iter().enumerate() {
+            if let Some(old) = metric.as_ref().and_then(|m| m.old.as_ref()) {
+                ids.old[slot] = host.define(metric.as_ref().map_or(MetricKind::Counter, |m| m.kind), &format!("{}.{tags}", old.name));
             }
         }
         self.ids.insert(key, ids);

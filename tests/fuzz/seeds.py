@@ -31,7 +31,7 @@ def contracts():
 
 def exposition_seeds():
     # Byte 0: contract (0 identity, 1 inject-only, 2 renames, 3 label drops/maps, 4 keep/drop/
-    # require, then the checked-in contracts with an `exposition` section); byte 1: how the body
+    # require, then the checked-in contracts with an `exposition` section, then 9 migrations); byte 1: how the body
     # is announced (0: by its content); then the body.
     expositions = sorted((ROOT / "tests/data/expositions").glob("*.txt"))
     # The contract written for each client library's exposition (indices into the rewriters).
@@ -71,6 +71,13 @@ def exposition_seeds():
     for name, body in held.items():
         for mode in (0, 4, 5):
             seed("exposition", bytes([3, mode]) + body, f"{name}-3-{mode}")
+    # The last contract: migrations of family and label names (one label renamed twice).
+    migrating = 9
+    for name, body in {**small, **held}.items():
+        seed("exposition", bytes([migrating, 0]) + body, f"{name}-{migrating}-0")
+    seed("exposition", bytes([migrating, 0]) + b'# TYPE request_count counter\nrequest_count{status_code="200",a="1"} 1\n'
+         b'# TYPE h histogram\nh_bucket{le="1",c="x",pid="1"} 1\nh_bucket{le="1",c="x",pid="2"} 2\nh_sum{pid="1"} 1\n'
+         b'# TYPE c_total counter\nc_total{b="y"} 3\n', "migrations-9-0")
 
 
 def stat_names_seeds():

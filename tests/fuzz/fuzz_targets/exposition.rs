@@ -1,7 +1,7 @@
 //! The exposition rewriter (Prometheus text 0.0.4 and OpenMetrics 1.0) on arbitrary bodies.
 //!
 //! Input: byte 0 picks the contract (identity, inject-only, renames, label drops with summing,
-//! keep/drop/require, or the `exposition` section of a checked-in contract), byte 1 how the body
+//! keep/drop/require, the `exposition` section of a checked-in contract, or migrations), byte 1 how the body
 //! is announced, the rest is the body. Properties:
 //! - the rewriter never panics;
 //! - a rewritten body is never larger than `max_body_bytes`;
@@ -100,6 +100,24 @@ fn specs() -> Vec<ExpositionSpec> {
             all.push(spec);
         }
     }
+    // Last, so the checked-in seeds keep their contracts: migrations (a renamed family and
+    // labels, one renamed twice) in families that are streamed and in families held for a drop.
+    let migration = |kind: &str, old: &str, new: &str| {
+        json!({"kind": kind, "old": old, "new": new, "sunset": "2100-01-01", "sunset_unix": 4_102_444_800u64})
+    };
+    all.push(spec(json!({
+        "rename_metrics": [rename("exact", "request_count", "http_requests_total"), rename("exact", "c", "d")],
+        "rename_labels": [{"from": "status_code", "to": "code"}, {"from": "a", "to": "c"}],
+        "drop_labels": [{"label": "pid", "metrics": ["h.*", "http_.*"]}],
+        "inject_labels": [inject("k8s_pod_name", node_src("NAME"), "", false)],
+        "migrations": [
+            migration("metric", "request_count", "http_requests_total"),
+            migration("metric", "c_total", "d_total"),
+            migration("label", "status_code", "code"),
+            migration("label", "b", "c"),
+            migration("label", "a", "b"),
+        ],
+    })));
     all
 }
 
