@@ -152,6 +152,7 @@ impl<'a> Run<'a> {
     }
 
     /// How much of the output is final: all of it but a held family's samples, which may merge.
+    #[inline]
     pub fn final_len(&self) -> usize {
         self.held.start.unwrap_or(self.out.len())
     }
@@ -501,6 +502,7 @@ impl<'a> Run<'a> {
 
 /// What follows a sample's labels as `output` writes it: as read, or an OpenMetrics value and
 /// timestamp converted to text (into `scratch`). `None` if the conversion finds them malformed.
+#[inline(always)]
 fn rest_as_output<'s>(read: Format, output: Format, scratch: &'s mut String, rest: &'s str) -> Option<&'s str> {
     if output == Format::Text && read == Format::OpenMetrics {
         scratch.clear();

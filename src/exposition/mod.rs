@@ -26,6 +26,8 @@ use family::Run;
 
 /// How far beyond `max_body_bytes` the output may grow while a held family waits to be merged.
 const HELD_ROOM: usize = 4;
+/// How often (in lines) the rewrite compares its output with `max_body_bytes` before the end.
+const CHECK_EVERY: usize = 64;
 
 /// What one rewrite did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -71,6 +73,7 @@ impl Rewriter {
             return Err(RewriteError::body(Problem::MissingEof));
         }
         let mut run = Run::new(self, text, input, format);
+        let room = self.max_body_bytes.saturating_mul(HELD_ROOM);
         let mut saw_eof = false;
         // Every sample's labels, in one buffer for the whole body.
         let mut labels = Vec::new();
@@ -93,10 +96,11 @@ impl Rewriter {
                 continue;
             }
             run.line(line, line_no, &mut labels)?;
-            // Stop as soon as the output is sure to outgrow the limit: that is what bounds the
-            // memory a body can make the VM take (injected labels multiply short lines). A held
+            // Stop once the output is sure to outgrow the limit: that is what bounds the memory a
+            // body can make the VM take (injected labels multiply short lines). Looked at every
+            // CHECK_EVERY lines, which bounds the overshoot and costs nothing per line; a held
             // family may shrink when its series merge, so it gets room until then.
-            if run.final_len() > self.max_body_bytes || run.out.len() > self.max_body_bytes.saturating_mul(HELD_ROOM) {
+            if line_no % CHECK_EVERY == 0 && run.out.len() > self.max_body_bytes && (run.final_len() > self.max_body_bytes || run.out.len() > room) {
                 return Err(RewriteError::body(Problem::RewrittenTooLarge));
             }
         }
