@@ -177,6 +177,8 @@ impl<'a> Rewriter {
         Plan { names: labels.iter().map(|(name, _)| *name).collect(), steps, appended, aliases, duplicate }
     }
 
+    /// The general case of [`Rewriter::write_series`], out of line so the verbatim fast path
+    /// stays small where it is inlined: the sample's plan, then its labels written by it.
     #[inline(never)]
     fn write_edited_series(
         &'a self,
