@@ -212,6 +212,56 @@ fn missing_file_is_an_io_error() {
 }
 
 #[test]
+fn exit_codes_are_the_same_in_every_command() {
+    // 2: unusable input (a file that cannot be read), in every command that reads a contract.
+    let missing = "/nonexistent/contract.yaml";
+    for args in [
+        vec!["compile", missing],
+        vec!["envoy-stats", missing],
+        vec!["render", "--contract", missing],
+        vec!["rewrite", "--contract", missing, "-"],
+        vec!["verify", "--contract", missing, "-"],
+        vec!["diff", missing, missing],
+    ] {
+        assert_eq!(metricpact(&args).status.code(), Some(2), "{args:?}");
+    }
+    // 1: a contract with errors is a finding, in every command.
+    let broken = temp_contract("exit-codes-broken.yaml", BROKEN);
+    let broken = broken.to_str().unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml");
+    let good = good.to_str().unwrap();
+    for args in [
+        vec!["check", broken],
+        vec!["compile", broken],
+        vec!["envoy-stats", broken],
+        vec!["render", "--contract", broken],
+        vec!["rewrite", "--contract", broken, "-"],
+        vec!["verify", "--contract", broken, "-"],
+        vec!["diff", good, broken],
+        vec!["diff", broken, good],
+    ] {
+        assert_eq!(metricpact(&args).status.code(), Some(1), "{args:?}");
+    }
+    // Usage errors are 2 (clap's own convention, kept).
+    assert_eq!(metricpact(&["check"]).status.code(), Some(2));
+    assert_eq!(metricpact(&["verify", "--contract", good, "--bogus"]).status.code(), Some(2));
+}
+
+#[test]
+fn verify_takes_its_exposition_as_rewrite_does() {
+    // A positional FILE, like `rewrite`; `--file` still works.
+    let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/http-server.yaml");
+    let contract = contract.to_str().unwrap();
+    let saved = temp_contract("verify-empty.txt", "# nothing here\n");
+    let saved = saved.to_str().unwrap();
+    let positional = metricpact(&["verify", "--contract", contract, saved]);
+    let flag = metricpact(&["verify", "--contract", contract, "--file", saved]);
+    assert_eq!(positional.status.code(), Some(1), "{}", String::from_utf8_lossy(&positional.stderr));
+    assert_eq!((positional.status.code(), stdout(&positional)), (flag.status.code(), stdout(&flag)));
+    assert!(stdout(&positional).contains("violation[metric-missing] http_server_requests_total"), "{}", stdout(&positional));
+}
+
+#[test]
 fn every_command_has_help() {
     let top = metricpact(&["--help"]);
     assert!(top.status.success() && stdout(&top).contains("Usage: metricpact"));
@@ -226,10 +276,12 @@ fn every_command_has_help() {
         .filter(|c| c != "help")
         .collect();
     assert_eq!(listed, ["check", "compile", "envoy-stats", "render", "package", "schema", "verify", "diff", "rewrite"]);
+    assert!(stdout(&top).contains("Exit codes: 0 clean; 1 findings"), "{}", stdout(&top));
     for command in &listed {
         let out = metricpact(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
         assert!(stdout(&out).contains(&format!("Usage: metricpact {command}")), "{command} --help: {}", stdout(&out));
+        assert!(stdout(&out).contains("Exit codes: 0 clean; 1 findings"), "{command} --help: {}", stdout(&out));
     }
 }
 
@@ -541,7 +593,8 @@ fn diff_accepts_renames_declared_as_migrations() {
     );
     // Once the sunset has passed the new contract no longer compiles, so diff cannot pass it.
     let out = metricpact_on("2027-02-01", &["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    // A contract with errors is a finding (1) in diff too, as in every command.
+    assert_eq!(out.status.code(), Some(1));
     // The compiled configuration carries the migrations and the Envoy stats config extracts the old label.
     let compiled = metricpact_on("2026-11-23", &["compile", new.to_str().unwrap()]);
     let config = PluginConfig::from_json(&compiled.stdout).unwrap();

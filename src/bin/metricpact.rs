@@ -1,6 +1,6 @@
 //! The `metricpact` command line: check contracts, compile them to the filter's plugin
-//! configuration, print the Envoy stats configuration they need. Exit codes: 0 success,
-//! 1 a contract has errors, 2 usage or I/O error.
+//! configuration, print the Envoy stats configuration they need. Exit codes, the same for every
+//! command ([`EXIT_CODES`]): 0 clean, 1 findings, 2 unusable input or usage error.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,8 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use metricpact::contract::compile::{compile_file, to_json, Compiled};
 use metricpact::contract::load::Severity;
 
+/// The exit-code convention, shown in every command's `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 clean; 1 findings (contract errors, violations, breaking changes, a body left \
+unchanged); 2 unusable input (a file that cannot be read, an exposition that does not parse) or a usage error.";
+
 #[derive(Parser)]
-#[command(name = "metricpact", version, about = "Enforce a metrics contract in every Envoy/Istio sidecar", propagate_version = true)]
+#[command(name = "metricpact", version, about = "Enforce a metrics contract in every Envoy/Istio sidecar", propagate_version = true, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate contracts; prints `file:line:col: severity: message` per problem, exits 1 on any error.
+    #[command(after_help = EXIT_CODES)]
     Check {
         /// Contract files (YAML).
         #[arg(required = true)]
@@ -32,6 +37,7 @@ enum Command {
         strict: bool,
     },
     /// Print the plugin configuration JSON the filter consumes (Envoy `configuration` value).
+    #[command(after_help = EXIT_CODES)]
     Compile {
         /// Contract file (YAML).
         file: PathBuf,
@@ -40,16 +46,19 @@ enum Command {
         pretty: bool,
     },
     /// Print the Envoy bootstrap `stats_config` (tag extraction, histogram buckets) for a contract.
+    #[command(after_help = EXIT_CODES)]
     EnvoyStats {
         /// Contract file (YAML).
         file: PathBuf,
     },
     /// Render Istio (EnvoyFilter, WasmPlugin, TrafficExtension, proxy config) and autoscaling
     /// (KEDA, prometheus-adapter, HPA, recording rules) manifests for a contract.
+    #[command(after_help = EXIT_CODES)]
     Render(RenderArgs),
     /// Write metricpact.wasm as an OCI image layout istio-agent can pull (push it with
     /// `skopeo copy`, `oras cp --from-oci-layout` or `crane push`), and print the image manifest
     /// digest: the `--wasm-sha256` of `render --wasm-url oci://…`.
+    #[command(after_help = EXIT_CODES)]
     Package {
         /// Directory of the OCI image layout (created if missing; an earlier layout is replaced).
         #[arg(long)]
@@ -62,15 +71,20 @@ enum Command {
         tag: String,
     },
     /// Print the JSON Schema of the contract format (for editors: yaml-language-server).
+    #[command(after_help = EXIT_CODES)]
     Schema,
     /// Check an exposition (a sidecar's /stats/prometheus, or an app's /metrics) against a
     /// contract; findings have a severity and a rule id; exits 1 on a violation.
+    #[command(after_help = EXIT_CODES)]
     Verify {
         /// Contract file (YAML).
         #[arg(long)]
         contract: PathBuf,
-        /// A saved exposition (`-` for stdin).
-        #[arg(long, conflicts_with = "url")]
+        /// A saved exposition; `-` or nothing (without --url) reads stdin.
+        #[arg(conflicts_with = "url")]
+        input: Option<PathBuf>,
+        /// The same as the positional FILE (the earlier spelling).
+        #[arg(long, hide = true, conflicts_with_all = ["url", "input"])]
         file: Option<PathBuf>,
         /// Scrape this http:// URL.
         #[arg(long)]
@@ -84,6 +98,7 @@ enum Command {
     },
     /// Classify every change between two contract versions as breaking or compatible, naming the
     /// rendered autoscaling objects each breaking change would break; exits 1 on a breaking change.
+    #[command(after_help = EXIT_CODES)]
     Diff {
         /// The contract before the change (e.g. from the base branch).
         old: PathBuf,
@@ -95,6 +110,7 @@ enum Command {
     },
     /// Apply a contract's `exposition` rewrite to a saved scrape (FILE, or - for stdin), exactly as
     /// the filter does in the sidecar, and print the result.
+    #[command(after_help = EXIT_CODES)]
     Rewrite {
         /// Contract file (YAML) with an `exposition` section.
         #[arg(long)]
@@ -255,13 +271,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if unreadable { ExitCode::from(2) } else if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Compile { file, pretty } => {
-            let Some(config) = compiled_or_report(compile_file(&file)) else { return Ok(ExitCode::from(1)) };
+            let config = match usable(compile_file(&file)) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
             writeln!(out, "{}", to_json(&config, pretty))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(args) => render(args, &mut out),
         Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
-        Command::Verify { contract, file, url, target, format } => verify(&contract, file, url, target, format, &mut out),
+        Command::Verify { contract, input, file, url, target, format } => verify(&contract, input.or(file), url, target, format, &mut out),
         Command::Package { out: dir, wasm, tag } => package(&dir, &wasm, &tag, &mut out),
         Command::Schema => {
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::contract::model::json_schema())?)?;
@@ -269,7 +288,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rewrite { contract, file, content_type, node } => rewrite(&contract, file, content_type, &node, &mut out),
         Command::EnvoyStats { file } => {
-            let Some(config) = compiled_or_report(compile_file(&file)) else { return Ok(ExitCode::from(1)) };
+            let config = match usable(compile_file(&file)) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::envoy_stats::stats_config(&config))?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -284,13 +306,23 @@ fn compiled_or_report(compiled: Compiled) -> Option<metricpact::config::PluginCo
     compiled.config
 }
 
+/// [`compiled_or_report`], or the exit code of a contract that cannot be used: 2 when the file
+/// cannot be read (unusable input), 1 when it has errors (findings).
+fn usable(compiled: Compiled) -> Result<metricpact::config::PluginConfig, ExitCode> {
+    let unreadable = compiled.unreadable;
+    compiled_or_report(compiled).ok_or(ExitCode::from(if unreadable { 2 } else { 1 }))
+}
+
 fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     use metricpact::contract::deploy::Target;
     use metricpact::render::{render, to_yaml, Inputs, WasmSource};
 
     let compiled = compile_file(&args.contract);
     let deployment = compiled.deployment.clone();
-    let Some(config) = compiled_or_report(compiled) else { return Ok(ExitCode::from(1)) };
+    let config = match usable(compiled) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     let wasm = match args.wasm_url {
         Some(url) => WasmSource::Remote { sha256: module_checksum(&url, args.wasm_sha256.as_deref())?, url },
         None => WasmSource::File(args.wasm_file),
@@ -418,7 +450,10 @@ fn module_checksum(url: &str, sha256: Option<&str>) -> anyhow::Result<String> {
 fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Option<String>, node: &[String], out: &mut impl Write) -> anyhow::Result<ExitCode> {
     use std::io::Read;
 
-    let Some(config) = compiled_or_report(compile_file(contract)) else { return Ok(ExitCode::from(1)) };
+    let config = match usable(compile_file(contract)) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     let Some(spec) = &config.exposition else {
         anyhow::bail!("{} has no `exposition` section: nothing to rewrite", contract.display());
     };
@@ -490,8 +525,11 @@ fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut 
     let old_deploy = old_compiled.deployment.clone();
     let new_compiled = compile_file(new);
     let new_deploy = new_compiled.deployment.clone();
-    let (Some(old_config), Some(new_config)) = (compiled_or_report(old_compiled), compiled_or_report(new_compiled)) else {
-        return Ok(ExitCode::from(2));
+    let (old_config, new_config) = match (usable(old_compiled), usable(new_compiled)) {
+        (Ok(old), Ok(new)) => (old, new),
+        // Either contract unreadable: 2; otherwise a broken contract is a finding, 1.
+        (Err(a), Err(b)) => return Ok(if a == ExitCode::from(2) || b == ExitCode::from(2) { ExitCode::from(2) } else { a }),
+        (Err(code), _) | (_, Err(code)) => return Ok(code),
     };
     let changes = diff(&old_config, &old_deploy, &new_config, &new_deploy);
     let breaking = changes.iter().any(|c| c.impact == Impact::Breaking);
@@ -579,7 +617,10 @@ fn verify(contract: &std::path::Path, file: Option<PathBuf>, url: Option<String>
     use metricpact::contract::verify::{verify, Severity as FindingSeverity, Target};
     use std::io::Read;
 
-    let Some(config) = compiled_or_report(compile_file(contract)) else { return Ok(ExitCode::from(2)) };
+    let config = match usable(compile_file(contract)) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
     let (body, source) = match (file, url) {
         (_, Some(url)) => (http_get(&url)?, url),
         (Some(path), None) if path.as_os_str() != "-" => (std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?, path.display().to_string()),
