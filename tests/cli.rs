@@ -146,7 +146,7 @@ fn broken_contract_reports_every_problem_at_its_position() {
         format!("{f}:17:11: error: label `status_code` is a suffix of `http_response_status_code`: Envoy's unanchored tag regex for `status_code` would also match inside `http_response_status_code`; rename one of them"),
         format!("{f}:19:11: error: label `pod` collides with the `pod` target label Prometheus attaches to every scraped series; use a distinct name such as `k8s_pod_name`"),
         format!("{f}:21:11: error: `http-route` is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with `__`)"),
-        format!("{f}:24:11: error: unknown source `request.headers.x-tenant`; expected one of request.method, request.route, request.scheme, request.protocol, request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD, or for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name"),
+        format!("{f}:24:11: error: unknown source `request.headers.x-tenant`; did you mean `request.header.x-tenant`? (sources: request.method, request.route, request.scheme, request.protocol, request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD, and for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name)"),
         format!("{f}:25:11: error: duplicate label `tenant`"),
         format!("{f}:27:11: error: label `reporter` reuses a tag name Istio's sidecar already extracts; the first extractor wins, so rename it"),
         format!("{f}:31:14: error: regex does not compile: regex parse error: /users/([0-9]+ ^ error: unclosed group"),
@@ -161,10 +161,10 @@ fn broken_contract_reports_every_problem_at_its_position() {
 #[test]
 fn structural_errors_have_positions_too() {
     let cases = [
-        ("format: metricpact/v1\nname: x\nversion: '1'\nmetrics:\n  requests:\n    nmae: y\n", "6:5: error: unknown field `nmae`, expected one of name, enabled"),
-        ("format: metricpact/v1\nname: x\nversion: '1'\ncardinality:\n  max_series: lots\n", "5:15: error: expected a whole number"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\nmetrics:\n  requests:\n    nmae: y\n", "6:5: error: unknown key `nmae` in `metrics.requests`; did you mean `name`? (valid keys: name, enabled)"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\ncardinality:\n  max_series: lots\n", "5:15: error: `cardinality.max_series` must be a whole number from 0 to 4294967295, found the string `lots`"),
         ("format: metricpact/v1\nname: x\nversion: '1'\nname: y\n", "4:1: error: duplicate key `name`; each key may appear once"),
-        ("format: metricpact/v1\nname: x\nversion: '1'\nlabels: [{name: a, from: {x: 1}}]\n", "4:26: error: expected a source (e.g. `request.route`) or a list of sources"),
+        ("format: metricpact/v1\nname: x\nversion: '1'\nlabels: [{name: a, from: {x: 1}}]\n", "4:26: error: `labels[0].from` must be a source (e.g. `request.route`) or a list of sources tried in order, found a mapping with 1 key"),
         ("format: metricpact/v2\nname: x\nversion: '1'\n", "1:9: error: unsupported format `metricpact/v2`; this build reads `metricpact/v1`"),
         ("format: metricpact/v1\nname: x\nversion: '1'\nroutes:\n  unmatched: raw\n", "5:14: warning: `unmatched: raw` puts raw request paths"),
     ];

@@ -8,6 +8,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::deploy::Deployment;
 use super::load::{Diagnostic, Severity, Source as File};
+use super::suggest;
 use super::model::{self, Contract, DurationUnitDef, LabelDef, UnmatchedDef};
 use crate::config::{
     ActiveSpec, ContractInfo, DurationSpec, DurationUnit, LabelSpec, MetricSpec, PluginConfig, RouteMatch, RouteRule,
@@ -56,20 +57,7 @@ pub fn default_labels() -> Vec<(&'static str, Vec<&'static str>)> {
 
 /// Parses one source expression (`request.method`, `node.LABELS.app`, …).
 pub fn parse_source(text: &str) -> Result<Source, String> {
-    let simple = match text {
-        "request.method" => Some(Source::RequestMethod),
-        "request.route" => Some(Source::RequestRoute),
-        "request.scheme" => Some(Source::RequestScheme),
-        "request.protocol" => Some(Source::RequestProtocol),
-        "response.status_code" => Some(Source::ResponseStatusCode),
-        "response.status_class" => Some(Source::ResponseStatusClass),
-        "response.error_type" => Some(Source::ResponseErrorType),
-        "request.grpc_method" => Some(Source::RequestGrpcMethod),
-        "request.grpc_service" => Some(Source::RequestGrpcService),
-        "response.grpc_status" => Some(Source::ResponseGrpcStatus),
-        "response.grpc_status_name" => Some(Source::ResponseGrpcStatusName),
-        _ => None,
-    };
+    let simple = SIMPLE_SOURCES.iter().find(|(name, _)| *name == text).map(|(_, source)| source.clone());
     if let Some(source) = simple {
         return Ok(source);
     }
@@ -96,12 +84,39 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
         }
         return Ok(Source::Node { key: key.to_string(), field: field.map(str::to_string) });
     }
+    // A misspelt parameterized source keeps its parameter: `request.headers.x-tenant` →
+    // `request.header.x-tenant`, `nodes.NAME` → `node.NAME`.
+    let parameterized = [("request.header", 2), ("node", 1)].into_iter().find_map(|(prefix, parts)| {
+        let mut split = text.splitn(parts + 1, '.');
+        let head: Vec<&str> = split.by_ref().take(parts).collect();
+        let rest = split.next().filter(|r| !r.is_empty())?;
+        suggest::closest(&head.join("."), [prefix]).map(|p| format!("{p}.{rest}"))
+    });
+    let hint = match parameterized {
+        Some(source) => format!("; did you mean `{source}`?"),
+        None => suggest::hint(text, SIMPLE_SOURCES.iter().map(|(name, _)| *name)),
+    };
     Err(format!(
-        "unknown source `{text}`; expected one of request.method, request.route, request.scheme, request.protocol, \
+        "unknown source `{text}`{hint} (sources: request.method, request.route, request.scheme, request.protocol, \
          request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD, \
-         or for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name"
+         and for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name)"
     ))
 }
+
+/// The sources without a parameter.
+const SIMPLE_SOURCES: &[(&str, Source)] = &[
+    ("request.method", Source::RequestMethod),
+    ("request.route", Source::RequestRoute),
+    ("request.scheme", Source::RequestScheme),
+    ("request.protocol", Source::RequestProtocol),
+    ("response.status_code", Source::ResponseStatusCode),
+    ("response.status_class", Source::ResponseStatusClass),
+    ("response.error_type", Source::ResponseErrorType),
+    ("request.grpc_method", Source::RequestGrpcMethod),
+    ("request.grpc_service", Source::RequestGrpcService),
+    ("response.grpc_status", Source::ResponseGrpcStatus),
+    ("response.grpc_status_name", Source::ResponseGrpcStatusName),
+];
 
 /// Checks a parsed contract; returns the configuration it compiles to, its deployment side and
 /// every finding.
@@ -153,9 +168,9 @@ impl Checker<'_> {
             self.error(&c.version.referenced, "contract version must not be empty");
         }
 
-        let max_values_default = self.positive(c.cardinality.max_values_per_label.as_ref(), DEFAULT_MAX_VALUES_PER_LABEL, u32::MAX);
-        let max_series = self.positive(c.cardinality.max_series.as_ref(), DEFAULT_MAX_SERIES, u32::MAX);
-        let max_value_length = self.positive(c.cardinality.max_value_length.as_ref(), DEFAULT_MAX_VALUE_LENGTH, LENGTH_LIMIT);
+        let max_values_default = self.positive("cardinality.max_values_per_label", c.cardinality.max_values_per_label.as_ref(), DEFAULT_MAX_VALUES_PER_LABEL, u32::MAX);
+        let max_series = self.positive("cardinality.max_series", c.cardinality.max_series.as_ref(), DEFAULT_MAX_SERIES, u32::MAX);
+        let max_value_length = self.positive("cardinality.max_value_length", c.cardinality.max_value_length.as_ref(), DEFAULT_MAX_VALUE_LENGTH, LENGTH_LIMIT);
 
         let labels = self.labels(c, max_values_default);
         let (requests, duration, active) = self.metrics(c, &labels);
@@ -222,11 +237,11 @@ impl Checker<'_> {
         config
     }
 
-    fn positive(&mut self, value: Option<&Spanned<u32>>, default: u32, max: u32) -> u32 {
+    fn positive(&mut self, field: &str, value: Option<&Spanned<u32>>, default: u32, max: u32) -> u32 {
         match value {
             None => default,
             Some(v) if v.value == 0 || v.value > max => {
-                self.error(&v.referenced, format!("must be between 1 and {max}"));
+                self.error(&v.referenced, format!("`{field}` must be between 1 and {max}, found {}", v.value));
                 default
             }
             Some(v) => v.value,
@@ -320,7 +335,7 @@ impl Checker<'_> {
                 sources
             }
         };
-        let max_values = self.positive(def.max_values.as_ref(), max_values_default, u32::MAX);
+        let max_values = self.positive("max_values", def.max_values.as_ref(), max_values_default, u32::MAX);
         let allowed = def.values.as_ref().map(|values| {
             if values.value.is_empty() {
                 self.error(&values.referenced, "`values` is empty: every value would become `_OTHER`; remove it or list the values");
@@ -434,7 +449,10 @@ impl Checker<'_> {
                         let mut names = Vec::new();
                         for n in list {
                             match labels.iter().find(|l| l.name == n.value) {
-                                None => self.error(&n.referenced, format!("`{}` is not one of the contract's labels", n.value)),
+                                None => {
+                                    let hint = suggest::hint(&n.value, labels.iter().map(|l| l.name.as_str()));
+                                    self.error(&n.referenced, format!("`{}` is not one of the contract's labels{hint}", n.value))
+                                }
                                 Some(l) if l.sources.iter().any(Source::is_response_side) => self.error(
                                     &n.referenced,
                                     format!("`{}` comes from the response, which an in-flight request does not have", n.value),
@@ -542,7 +560,7 @@ impl Checker<'_> {
             }
             _ => Unmatched::Other,
         };
-        let raw_max_length = self.positive(r.raw_max_length.as_ref(), DEFAULT_RAW_MAX_LENGTH, LENGTH_LIMIT);
+        let raw_max_length = self.positive("routes.raw_max_length", r.raw_max_length.as_ref(), DEFAULT_RAW_MAX_LENGTH, LENGTH_LIMIT);
         RouteTable { rules, unmatched, raw_max_length }
     }
 }
@@ -566,7 +584,7 @@ mod tests {
             path: PathBuf::from("c.yaml"),
             text: "format: metricpact/v1\nname: c\nversion: '1'\nroutes:\n  rules:\n    - exact: /price/$5\n".into(),
         };
-        let (config, _, diags) = check(&file, &file.parse().unwrap());
+        let (config, _, diags) = check(&file, &file.parse().contract.unwrap());
         assert!(diags.iter().all(|d| d.severity != Severity::Error), "{diags:?}");
         let routes = RouteMatcher::new(&config.routes.rules).expect("the filter accepts the route");
         assert_eq!(route_text(&routes, "/price/$5").as_deref(), Some("/price/$5"));

@@ -221,8 +221,10 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report, warn: &mut d
             report.error(&r.value.name.referenced, format!("`{}` is not a valid Prometheus metric name", r.value.name.value));
         }
         if let Some(k) = &r.value.kind {
-            if !["counter", "gauge", "histogram", "summary", "info", "stateset", "unknown"].contains(&k.value.as_str()) {
-                report.error(&k.referenced, format!("unknown metric type `{}`", k.value));
+            const TYPES: [&str; 7] = ["counter", "gauge", "histogram", "summary", "info", "stateset", "unknown"];
+            if !TYPES.contains(&k.value.as_str()) {
+                let hint = super::suggest::hint(&k.value, TYPES);
+                report.error(&k.referenced, format!("unknown metric type `{}`{hint} (one of {})", k.value, TYPES.join(", ")));
             }
         }
         require_metrics.push(r.value.name.value.clone());

@@ -4,7 +4,15 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::model::Contract;
+use super::model::{self, Contract};
+use super::{shape, yaml};
+
+/// A parsed contract file: the contract when serde could read it (perhaps without entries that
+/// are structural problems), and those problems.
+pub struct Parsed {
+    pub contract: Option<Contract>,
+    pub diagnostics: Vec<Diagnostic>,
+}
 
 /// How bad a finding is: errors fail `check`, warnings do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -67,17 +75,64 @@ impl Source {
         Ok(Source { path: path.to_path_buf(), text })
     }
 
-    /// Parses the YAML; a structural problem (syntax, unknown field, wrong type) is one diagnostic.
-    pub fn parse(&self) -> Result<Contract, Diagnostic> {
-        serde_saphyr::from_str::<Contract>(&self.text).map_err(|e| {
-            let (line, column, message) = match e.location() {
-                Some(l) => (l.line() as u32, l.column() as u32, plain_message(&e)),
-                // Rare (serde itself reports a field twice that YAML keys spelled differently, e.g.
-                // behind a tag): say so rather than point at a made-up place.
-                None => (1, 1, format!("{} (the YAML parser gave no position)", plain_message(&e))),
-            };
-            Diagnostic { file: self.path.clone(), line, column, severity: Severity::Error, message }
-        })
+    /// Parses the YAML. Every structural problem (unknown key, wrong kind of value, bad choice,
+    /// missing key) comes at once, each at its position; the contract is still read when the
+    /// offending entries can be left out, so the semantic checks run on the rest of the file.
+    pub fn parse(&self) -> Parsed {
+        let first = match serde_saphyr::from_str::<Contract>(&self.text) {
+            Ok(contract) => return Parsed { contract: Some(contract), diagnostics: Vec::new() },
+            Err(e) => self.serde_diagnostic(&e),
+        };
+        let root = match yaml::parse(&self.text) {
+            Ok(Some(root)) => root,
+            // A syntax error (or an empty file): serde's message says it as well as anything.
+            _ => return Parsed { contract: None, diagnostics: vec![first] },
+        };
+        let problems = shape::check(&root, &model::json_schema(), &self.text);
+        if problems.is_empty() {
+            return Parsed { contract: None, diagnostics: vec![first] };
+        }
+        let mut diagnostics: Vec<Diagnostic> = problems
+            .iter()
+            .map(|p| Diagnostic {
+                file: self.path.clone(),
+                line: p.at.line,
+                column: p.at.column,
+                severity: Severity::Error,
+                message: p.message.clone(),
+            })
+            .collect();
+        // Without the offending entries (blanked to spaces, so every position stays where it was),
+        // does the rest read? Then its semantic checks can run too.
+        let mut contract = None;
+        if problems.iter().all(|p| p.blank.is_some()) {
+            let mut text = self.text.clone().into_bytes();
+            for (start, end) in problems.iter().filter_map(|p| p.blank) {
+                blank(&mut text, start, end);
+            }
+            let text = String::from_utf8(text).expect("blanking keeps UTF-8");
+            match serde_saphyr::from_str::<Contract>(&text) {
+                Ok(c) => contract = Some(c),
+                Err(e) => {
+                    // Something the shape pass did not see: say it too, once.
+                    let d = self.serde_diagnostic(&e);
+                    if !diagnostics.iter().any(|x| (x.line, x.column) == (d.line, d.column)) {
+                        diagnostics.push(d);
+                    }
+                }
+            }
+        }
+        Parsed { contract, diagnostics }
+    }
+
+    fn serde_diagnostic(&self, e: &serde_saphyr::Error) -> Diagnostic {
+        let (line, column, message) = match e.location() {
+            Some(l) => (l.line() as u32, l.column() as u32, plain_message(e)),
+            // Rare (serde itself reports a field twice that YAML keys spelled differently, e.g.
+            // behind a tag): say so rather than point at a made-up place.
+            None => (1, 1, format!("{} (the YAML parser gave no position)", plain_message(e))),
+        };
+        Diagnostic { file: self.path.clone(), line, column, severity: Severity::Error, message }
     }
 
     pub fn diagnostic(&self, at: &serde_saphyr::Location, severity: Severity, message: impl Into<String>) -> Diagnostic {
@@ -116,6 +171,32 @@ fn humanize(message: &str) -> String {
         return "expected a source (e.g. `request.route`) or a list of sources".into();
     }
     message.to_string()
+}
+
+/// Replaces every character of `text[start..end]` but line breaks by a space: the same lines and
+/// columns, without what was there.
+fn blank(text: &mut [u8], start: usize, end: usize) {
+    let end = end.min(text.len());
+    let mut i = start.min(end);
+    while i < end {
+        let b = text[i];
+        let width = match b {
+            0x00..=0x7f => 1,
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            _ => 4,
+        };
+        if b == b'\n' || b == b'\r' {
+            i += 1;
+            continue;
+        }
+        // As many spaces as the character had bytes, so later byte offsets stay put; a column
+        // after it on the same line can move, which only a flow collection would notice.
+        for j in i..(i + width).min(end) {
+            text[j] = b' ';
+        }
+        i += width;
+    }
 }
 
 fn position_of_byte(prefix: &[u8]) -> (u32, u32) {

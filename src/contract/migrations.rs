@@ -124,7 +124,8 @@ pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, expositi
         if !traffic {
             match known {
                 None => {
-                    report.error(&new.referenced, format!("`{}` is not a traffic {what} of this contract (and the contract has no `exposition` section)", new.value));
+                    let hint = super::suggest::hint(&new.value, current.iter().map(|s| s.as_ref()));
+                    report.error(&new.referenced, format!("`{}` is not a traffic {what} of this contract{hint} (and the contract has no `exposition` section)", new.value));
                     continue;
                 }
                 Some(known) if !known.contains(&new.value) => report.warn(

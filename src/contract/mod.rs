@@ -10,3 +10,6 @@ pub mod exposition;
 pub mod load;
 pub mod migrations;
 pub mod model;
+pub mod shape;
+pub mod suggest;
+pub mod yaml;

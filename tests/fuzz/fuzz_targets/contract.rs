@@ -3,6 +3,8 @@
 //! Properties:
 //! - parsing and checking never panic;
 //! - every error and warning names a position inside the file (1-based line and column);
+//! - the structural check is never stricter than serde: a file serde reads has no structural
+//!   problem, and one it refuses has at least one diagnostic;
 //! - a contract `check` accepts compiles to a configuration the filter accepts: it serializes,
 //!   loads back through `PluginConfig::from_json` unchanged, passes the filter's validation, and
 //!   builds the engine and the exposition rewriter.
@@ -15,8 +17,14 @@ use metricpact::config::PluginConfig;
 use metricpact::contract::check::check;
 use metricpact::contract::compile::{contract_hash, to_json};
 use metricpact::contract::load::{Diagnostic, Severity, Source};
+use metricpact::contract::{shape, yaml};
 use metricpact::exposition::Rewriter;
 use metricpact::telemetry::Engine;
+
+fn schema() -> &'static serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(metricpact::contract::model::json_schema)
+}
 
 fn node(key: &str, _field: Option<&str>) -> Option<Vec<u8>> {
     (key != "CLUSTER_ID").then(|| key.as_bytes().to_vec())
@@ -38,14 +46,28 @@ fn assert_positioned(d: &Diagnostic, text: &str) {
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let source = Source { path: PathBuf::from("fuzz.yaml"), text: text.to_string() };
-    let contract = match source.parse() {
-        Ok(contract) => contract,
-        Err(d) => {
-            assert_eq!(d.severity, Severity::Error);
-            assert_positioned(&d, text);
-            return;
+    let serde_reads = serde_saphyr::from_str::<metricpact::contract::model::Contract>(text).is_ok();
+    if serde_reads {
+        if let Ok(Some(root)) = yaml::parse(text) {
+            let problems = shape::check(&root, schema(), text);
+            assert!(problems.is_empty(), "the structural check refuses what serde reads: {problems:?}");
         }
-    };
+    }
+    let parsed = source.parse();
+    assert_eq!(parsed.diagnostics.is_empty(), serde_reads, "{:?}", parsed.diagnostics);
+    for d in &parsed.diagnostics {
+        assert_eq!(d.severity, Severity::Error);
+        assert_positioned(d, text);
+    }
+    let Some(contract) = parsed.contract else { return };
+    if !serde_reads {
+        // Read without its structural problems: the semantic checks still place what they find.
+        let (_, _, diagnostics) = check(&source, &contract);
+        for d in &diagnostics {
+            assert_positioned(d, text);
+        }
+        return;
+    }
     let (mut config, _deployment, diagnostics) = check(&source, &contract);
     for d in &diagnostics {
         assert_positioned(d, text);
