@@ -100,7 +100,7 @@ impl Walker<'_> {
             "array" => matches!(node.value, Value::Seq(_)),
             // serde-saphyr reads `~` into a string field too (as an empty string).
             "string" => node.scalar().is_some(),
-            "boolean" => node.as_bool().is_some() || matches!(node.scalar(), Some("true" | "false")),
+            "boolean" => node.as_bool().is_some(),
             "integer" => node.as_number().is_some_and(|v| v.fract() == 0.0),
             "number" => node.as_number().is_some(),
             "null" => node.is_null(),

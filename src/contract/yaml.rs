@@ -74,14 +74,12 @@ impl Node {
         }
     }
 
-    /// A plain scalar YAML reads as a boolean (1.2 core schema and the 1.1 forms serde-saphyr takes).
+    /// A scalar read as a boolean: serde-saphyr takes `true`/`false` in any case, and the YAML 1.1
+    /// words (`yes`, `off`, …); the shape check must not refuse what it reads.
     pub fn as_bool(&self) -> Option<bool> {
-        match &self.value {
-            Value::Scalar { text, plain: true } => match text.as_str() {
-                "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => Some(true),
-                "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => Some(false),
-                _ => None,
-            },
+        match self.scalar()?.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "y" => Some(true),
+            "false" | "no" | "off" | "n" => Some(false),
             _ => None,
         }
     }
