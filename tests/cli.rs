@@ -14,6 +14,18 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `diff` names the new contract at the start of every finding line; the text after it.
+fn unprefixed(out: &str, new: &Path) -> String {
+    let prefix = format!("{}: ", new.display());
+    out.lines()
+        .map(|l| match l.strip_prefix(&prefix) {
+            Some(rest) => format!("{rest}\n"),
+            None if l.starts_with("    breaks: ") => format!("{l}\n"),
+            None => panic!("a diff line without the file: {l}"),
+        })
+        .collect()
+}
+
 fn temp_contract(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("metricpact-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -190,8 +202,9 @@ fn json_output_lists_diagnostics() {
     let out = metricpact(&["check", "--format", "json", file.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
-    assert_eq!(v["diagnostics"][0]["line"], 3);
-    assert_eq!(v["diagnostics"][0]["message"], "contract version must not be empty");
+    assert_eq!(v["findings"][0]["line"], 3);
+    assert_eq!(v["findings"][0]["severity"], "error");
+    assert_eq!(v["findings"][0]["message"], "contract version must not be empty");
 }
 
 #[test]
@@ -208,7 +221,7 @@ fn missing_file_is_an_io_error() {
     // Unusable input (the README's convention: 2), told apart from a contract with errors (1).
     let out = metricpact(&["check", "/nonexistent/contract.yaml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stdout(&out).starts_with("/nonexistent/contract.yaml:1:1: error: cannot read contract"));
+    assert!(stdout(&out).starts_with("/nonexistent/contract.yaml: error: cannot read contract: No such file"));
 }
 
 #[test]
@@ -258,7 +271,7 @@ fn verify_takes_its_exposition_as_rewrite_does() {
     let flag = metricpact(&["verify", "--contract", contract, "--file", saved]);
     assert_eq!(positional.status.code(), Some(1), "{}", String::from_utf8_lossy(&positional.stderr));
     assert_eq!((positional.status.code(), stdout(&positional)), (flag.status.code(), stdout(&flag)));
-    assert!(stdout(&positional).contains("violation[metric-missing] http_server_requests_total"), "{}", stdout(&positional));
+    assert!(stdout(&positional).contains(&format!("{saved}: violation[metric-missing]: http_server_requests_total: ")), "{}", stdout(&positional));
 }
 
 #[test]
@@ -362,13 +375,13 @@ fn diff_classifies_changes_and_names_what_they_break() {
     let out = metricpact(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stdout(&out),
-        "breaking: [metric-renamed] request counter renamed from `http_server_requests_total` to `http_requests_total`: queries on `http_server_requests_total` find nothing\n\
+        unprefixed(&stdout(&out), &new),
+        "breaking[metric-renamed]: request counter renamed from `http_server_requests_total` to `http_requests_total`: queries on `http_server_requests_total` find nothing\n\
          \x20   breaks: KEDA trigger qps-per-pod (http_server_requests_total)\n\
          \x20   breaks: prometheus-adapter rule http_server_requests_total -> http_server_requests_per_second\n\
          \x20   breaks: HPA Pods metric http_server_requests_per_second\n\
          \x20   breaks: recording rule namespace_pod:http_server_requests:rate*\n\
-         compatible: [label-added] label `tenant` added: existing series split, sums are unchanged\n"
+         compatible[label-added]: label `tenant` added: existing series split, sums are unchanged\n"
     );
     // Only compatible changes: exit 0.
     let added = temp_contract("diff-added.yaml", &base.replace("  - name: url_scheme\n", "  - name: tenant\n    from: request.header.x-tenant\n  - name: url_scheme\n"));
@@ -376,7 +389,10 @@ fn diff_classifies_changes_and_names_what_they_break() {
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["breaking"], false);
-    assert_eq!(v["changes"][0]["rule"], "label-added");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["findings"][0]["rule"], "label-added");
+    assert_eq!(v["findings"][0]["kind"], "compatible");
+    assert_eq!(v["findings"][0]["severity"], "notice");
     // Identical contracts.
     let out = metricpact(&["diff", old.to_str().unwrap(), old.to_str().unwrap()]);
     assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "no changes to the metrics contract\n"));
@@ -392,8 +408,8 @@ fn diff_names_the_autoscalers_that_select_by_the_workload_label() {
     let out = metricpact(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stdout(&out),
-        "breaking: [label-removed] label `k8s_workload_name` is gone: queries, dashboards and alerts selecting or grouping by it break\n\
+        unprefixed(&stdout(&out), &new),
+        "breaking[label-removed]: label `k8s_workload_name` is gone: queries, dashboards and alerts selecting or grouping by it break\n\
          \x20   breaks: KEDA triggers qps-per-pod and p95-latency (select k8s_workload_name=WORKLOAD)\n\
          \x20   breaks: prometheus-adapter external rule (seriesQuery k8s_workload_name!=\"\")\n\
          \x20   breaks: HPA External metric selector (k8s_workload_name)\n"
@@ -473,7 +489,7 @@ fn diff_calls_a_switch_to_native_histograms_breaking_and_both_a_safe_step() {
     let both = default_contract_with("hist-both.yaml", &[("histogram: classic", "histogram: both")]);
     let run = |a: &Path, b: &Path| {
         let out = metricpact(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
-        (out.status.code(), stdout(&out))
+        (out.status.code(), unprefixed(&stdout(&out), b))
     };
     let h = "http_server_request_duration_milliseconds";
     assert_eq!(
@@ -481,7 +497,7 @@ fn diff_calls_a_switch_to_native_histograms_breaking_and_both_a_safe_step() {
         (
             Some(1),
             format!(
-                "breaking: [histogram-now-native] `{h}` is stored as a native histogram only: its `_bucket` series are gone, so \
+                "breaking[histogram-now-native]: `{h}` is stored as a native histogram only: its `_bucket` series are gone, so \
                  queries with `_bucket` and `by (le)` find nothing; move over with `histogram: both` first (both shapes are \
                  stored), then `native`\n\
                  \x20   breaks: KEDA trigger p95-latency ({h}_bucket)\n\
@@ -496,13 +512,13 @@ fn diff_calls_a_switch_to_native_histograms_breaking_and_both_a_safe_step() {
         (
             Some(0),
             format!(
-                "compatible: [histogram-mode-changed] `{h}` is now stored as classic and native histograms (both): the existing \
+                "compatible[histogram-mode-changed]: `{h}` is now stored as classic and native histograms (both): the existing \
                  series stay; rendered queries read the native one\n"
             )
         )
     );
     assert_eq!(run(&native, &classic).0, Some(1));
-    assert!(run(&native, &classic).1.starts_with("breaking: [histogram-now-classic]"));
+    assert!(run(&native, &classic).1.starts_with("breaking[histogram-now-classic]: "));
     assert_eq!(run(&both, &native).0, Some(1));
 }
 
@@ -583,12 +599,12 @@ fn diff_accepts_renames_declared_as_migrations() {
     let (new, _) = migrating_contract("diff-migrating.yaml", "2027-02-01");
     let out = metricpact_on("2026-11-23", &["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
     assert_eq!(
-        (out.status.code(), stdout(&out).as_str()),
+        (out.status.code(), unprefixed(&stdout(&out), &new).as_str()),
         (
             Some(0),
-            "compatible: [metric-migrated] request counter renamed from `http_server_requests_total` to `http_requests_total` with a migration: both names are emitted until 2027-02-01; move queries on `http_server_requests_total` before then\n\
-             compatible: [label-migrated] label `url_scheme` renamed to `http_scheme` with a migration: series carry both until 2027-02-01\n\
-             compatible: [label-added] label `http_scheme` added: existing series split, sums are unchanged\n"
+            "compatible[metric-migrated]: request counter renamed from `http_server_requests_total` to `http_requests_total` with a migration: both names are emitted until 2027-02-01; move queries on `http_server_requests_total` before then\n\
+             compatible[label-migrated]: label `url_scheme` renamed to `http_scheme` with a migration: series carry both until 2027-02-01\n\
+             compatible[label-added]: label `http_scheme` added: existing series split, sums are unchanged\n"
         )
     );
     // Once the sunset has passed the new contract no longer compiles, so diff cannot pass it.
@@ -672,8 +688,8 @@ fn diff_says_removing_error_type_breaks_the_error_ratio_rule() {
     let out = metricpact(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stdout(&out),
-        "breaking: [label-removed] label `error_type` is gone: queries, dashboards and alerts selecting or grouping by it break\n\
+        unprefixed(&stdout(&out), &new),
+        "breaking[label-removed]: label `error_type` is gone: queries, dashboards and alerts selecting or grouping by it break\n\
          \x20   breaks: recording rule namespace_pod:http_server_requests:error_ratio_rate*\n"
     );
 }

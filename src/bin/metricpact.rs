@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use metricpact::contract::compile::{compile_file, to_json, Compiled};
-use metricpact::contract::load::Severity;
+use metricpact::contract::findings::{self, Severity};
 
 /// The exit-code convention, shown in every command's `--help`.
 const EXIT_CODES: &str = "Exit codes: 0 clean; 1 findings (contract errors, violations, breaking changes, a body left \
@@ -183,14 +183,24 @@ enum VerifyTarget {
     App,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// `file:line:col: severity: message`
+    /// One line per finding: `file:line:col: severity[rule]: message`
     Text,
-    /// One JSON document: `{"ok": bool, "diagnostics": [...]}`
+    /// One JSON document: `{"ok": bool, "findings": [...]}`
     Json,
     /// GitHub Actions workflow commands (`::error file=…,line=…,col=…::message`), shown on the PR diff
     Github,
+}
+
+impl From<Format> for findings::Format {
+    fn from(f: Format) -> findings::Format {
+        match f {
+            Format::Text => findings::Format::Text,
+            Format::Json => findings::Format::Json,
+            Format::Github => findings::Format::Github,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -226,46 +236,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .any(|d| d.severity == Severity::Error || (strict && d.severity == Severity::Warning));
                 all.extend(compiled.diagnostics);
             }
-            match format {
-                Format::Text => {
-                    for d in &all {
-                        writeln!(out, "{d}")?;
-                    }
-                    if !failed {
-                        eprintln!("metricpact: {} contract(s) OK", files.len());
-                    }
-                }
-                Format::Json => {
-                    let items: Vec<_> = all
-                        .iter()
-                        .map(|d| {
-                            serde_json::json!({
-                                "file": d.file.display().to_string(),
-                                "line": d.line,
-                                "column": d.column,
-                                "severity": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
-                                "message": d.message,
-                            })
-                        })
-                        .collect();
-                    writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({"ok": !failed, "diagnostics": items}))?)?;
-                }
-                Format::Github => {
-                    for d in &all {
-                        let level = match d.severity {
-                            Severity::Error => "error",
-                            Severity::Warning => "warning",
-                        };
-                        writeln!(
-                            out,
-                            "::{level} file={},line={},col={},title=metricpact check::{}",
-                            github_escape_property(&d.file.display().to_string()),
-                            d.line.max(1),
-                            d.column.max(1),
-                            github_escape_data(&d.message)
-                        )?;
-                    }
-                }
+            findings::write(&mut out, format.into(), findings::Command::Check, &all, !failed, Default::default())?;
+            if !failed && format == Format::Text {
+                eprintln!("metricpact: {} contract(s) OK", files.len());
             }
             // A file that cannot be read is unusable input (2), not a finding about a contract (1).
             Ok(if unreadable { ExitCode::from(2) } else if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -509,18 +482,8 @@ fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Opti
     }
 }
 
-/// Escapes a workflow-command message (GitHub's `escapeData`).
-fn github_escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
-}
-
-/// Escapes a workflow-command property value (GitHub's `escapeProperty`).
-fn github_escape_property(s: &str) -> String {
-    github_escape_data(s).replace(':', "%3A").replace(',', "%2C")
-}
-
 fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    use metricpact::contract::diff::{diff, Impact};
+    use metricpact::contract::diff::diff;
     let old_compiled = compile_file(old);
     let old_deploy = old_compiled.deployment.clone();
     let new_compiled = compile_file(new);
@@ -531,41 +494,16 @@ fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut 
         (Err(a), Err(b)) => return Ok(if a == ExitCode::from(2) || b == ExitCode::from(2) { ExitCode::from(2) } else { a }),
         (Err(code), _) | (_, Err(code)) => return Ok(code),
     };
-    let changes = diff(&old_config, &old_deploy, &new_config, &new_deploy);
-    let breaking = changes.iter().any(|c| c.impact == Impact::Breaking);
-    let impact = |c: &metricpact::contract::diff::Change| if c.impact == Impact::Breaking { "breaking" } else { "compatible" };
-    match format {
-        Format::Text => {
-            for c in &changes {
-                writeln!(out, "{}: [{}] {}", impact(c), c.rule, c.message)?;
-                for b in &c.breaks {
-                    writeln!(out, "    breaks: {b}")?;
-                }
-            }
-            if changes.is_empty() {
-                writeln!(out, "no changes to the metrics contract")?;
-            }
-        }
-        Format::Json => {
-            let items: Vec<_> = changes
-                .iter()
-                .map(|c| serde_json::json!({"impact": impact(c), "rule": c.rule, "message": c.message, "breaks": c.breaks}))
-                .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({"breaking": breaking, "changes": items}))?)?;
-        }
-        Format::Github => {
-            for c in &changes {
-                let level = if c.impact == Impact::Breaking { "error" } else { "notice" };
-                let breaks = if c.breaks.is_empty() { String::new() } else { format!(" (breaks: {})", c.breaks.join("; ")) };
-                writeln!(
-                    out,
-                    "::{level} file={},title=metricpact diff [{}]::{}",
-                    github_escape_property(&new.display().to_string()),
-                    c.rule,
-                    github_escape_data(&format!("{}{breaks}", c.message))
-                )?;
-            }
-        }
+    let mut changes = diff(&old_config, &old_deploy, &new_config, &new_deploy);
+    for c in &mut changes {
+        c.file = new.to_path_buf();
+    }
+    let breaking = changes.iter().any(|c| c.severity == Severity::Error);
+    let mut extra = serde_json::Map::new();
+    extra.insert("breaking".into(), breaking.into());
+    findings::write(out, format.into(), findings::Command::Diff, &changes, !breaking, extra)?;
+    if changes.is_empty() && format == Format::Text {
+        writeln!(out, "no changes to the metrics contract")?;
     }
     Ok(if breaking { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
@@ -614,13 +552,14 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn verify(contract: &std::path::Path, file: Option<PathBuf>, url: Option<String>, target: VerifyTarget, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    use metricpact::contract::verify::{verify, Severity as FindingSeverity, Target};
+    use metricpact::contract::verify::{verify, Target};
     use std::io::Read;
 
     let config = match usable(compile_file(contract)) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
+    let saved = file.clone().filter(|p| p.as_os_str() != "-" && url.is_none());
     let (body, source) = match (file, url) {
         (_, Some(url)) => (http_get(&url)?, url),
         (Some(path), None) if path.as_os_str() != "-" => (std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?, path.display().to_string()),
@@ -636,38 +575,28 @@ fn verify(contract: &std::path::Path, file: Option<PathBuf>, url: Option<String>
         VerifyTarget::App => Target::App,
     };
     let report = verify(&config, &body, target).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
-    let violated = report.findings.iter().any(|f| f.severity == FindingSeverity::Violation);
-    let severity = |f: &metricpact::contract::verify::Finding| if f.severity == FindingSeverity::Violation { "violation" } else { "warning" };
-    match format {
-        Format::Text => {
-            for f in &report.findings {
-                writeln!(out, "{}[{}] {}: {}", severity(f), f.rule, f.metric, f.message)?;
-            }
-            writeln!(
-                out,
-                "coverage: {}/{} contract metrics present, {}/{} contract labels seen",
-                report.metrics_found, report.metrics_expected, report.labels_seen, report.labels_expected
-            )?;
+    // A saved exposition is the file the findings are about (GitHub annotates it when it is in
+    // the repository); a URL or stdin is not a file.
+    let mut report = report;
+    if let Some(path) = &saved {
+        for f in &mut report.findings {
+            f.file = path.clone();
         }
-        Format::Json => {
-            let findings: Vec<_> = report
-                .findings
-                .iter()
-                .map(|f| serde_json::json!({"severity": severity(f), "rule": f.rule, "metric": f.metric, "message": f.message}))
-                .collect();
-            writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({
-                "ok": !violated,
-                "findings": findings,
-                "coverage": {"metrics_expected": report.metrics_expected, "metrics_found": report.metrics_found,
-                             "labels_expected": report.labels_expected, "labels_seen": report.labels_seen},
-            }))?)?;
-        }
-        Format::Github => {
-            for f in &report.findings {
-                let level = if f.severity == FindingSeverity::Violation { "error" } else { "warning" };
-                writeln!(out, "::{level} title=metricpact verify [{}]::{}", f.rule, github_escape_data(&format!("{}: {}", f.metric, f.message)))?;
-            }
-        }
+    }
+    let violated = report.findings.iter().any(|f| f.severity == Severity::Error);
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "coverage".into(),
+        serde_json::json!({"metrics_expected": report.metrics_expected, "metrics_found": report.metrics_found,
+                           "labels_expected": report.labels_expected, "labels_seen": report.labels_seen}),
+    );
+    findings::write(out, format.into(), findings::Command::Verify, &report.findings, !violated, extra)?;
+    if format == Format::Text {
+        writeln!(
+            out,
+            "coverage: {}/{} contract metrics present, {}/{} contract labels seen",
+            report.metrics_found, report.metrics_expected, report.labels_seen, report.labels_expected
+        )?;
     }
     Ok(if violated { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -12,15 +12,17 @@ pub enum Impact {
     Breaking,
 }
 
-/// One change between two versions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub impact: Impact,
-    /// Stable identifier of the kind of change (e.g. `metric-renamed`).
-    pub rule: &'static str,
-    pub message: String,
-    /// Rendered objects that stop working.
-    pub breaks: Vec<String>,
+/// One change between two versions: a finding whose severity is its impact (breaking: error,
+/// compatible: notice), with the rendered objects it breaks as `related`.
+pub type Change = super::findings::Finding;
+
+impl Impact {
+    fn severity(self) -> super::findings::Severity {
+        match self {
+            Impact::Breaking => super::findings::Severity::Error,
+            Impact::Compatible => super::findings::Severity::Notice,
+        }
+    }
 }
 
 fn qps_consumers(name: &str) -> Vec<String> {
@@ -77,7 +79,7 @@ impl Differ<'_> {
     }
 
     fn push(&mut self, impact: Impact, rule: &'static str, message: String, breaks: Vec<String>) {
-        self.changes.push(Change { impact, rule, message, breaks });
+        self.changes.push(Change { severity: impact.severity(), rule: Some(rule), message, related: breaks, ..Change::default() });
     }
 
     fn metric(&mut self, what: &str, old: Option<&str>, new: Option<&str>, consumers: fn(&str) -> Vec<String>) {
@@ -248,6 +250,6 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
             }
         }
     }
-    d.changes.sort_by_key(|c| std::cmp::Reverse(c.impact));
+    d.changes.sort_by_key(|c| std::cmp::Reverse(c.severity));
     d.changes
 }

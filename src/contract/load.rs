@@ -1,7 +1,6 @@
 //! Reading a contract file: YAML into the [`model`](super::model) with positions, and the
 //! [`Diagnostic`] type every contract problem is reported as.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::model::{self, Contract};
@@ -14,32 +13,10 @@ pub struct Parsed {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// How bad a finding is: errors fail `check`, warnings do not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Warning,
-    Error,
-}
+pub use super::findings::Severity;
 
-/// One problem, at a 1-based line and column of a file (0 when the position is unknown).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: u32,
-    pub column: u32,
-    pub severity: Severity,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(f, "{}:{}:{}: {severity}: {}", self.file.display(), self.line.max(1), self.column.max(1), self.message)
-    }
-}
+/// A problem in a contract file, at a 1-based line and column (0 when the position is unknown).
+pub type Diagnostic = super::findings::Finding;
 
 /// A contract file read into memory.
 pub struct Source {
@@ -52,24 +29,12 @@ impl Source {
     /// (true) rather than read and found not to be text (false).
     pub fn read(path: &Path) -> Result<Source, (Diagnostic, bool)> {
         let bytes = std::fs::read(path).map_err(|e| {
-            let d = Diagnostic {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                severity: Severity::Error,
-                message: format!("cannot read contract: {e}"),
-            };
+            let d = Diagnostic::at(path.to_path_buf(), 0, 0, Severity::Error, format!("cannot read contract: {e}"));
             (d, true)
         })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let (line, column) = position_of_byte(&e.as_bytes()[..e.utf8_error().valid_up_to()]);
-            let d = Diagnostic {
-                file: path.to_path_buf(),
-                line,
-                column,
-                severity: Severity::Error,
-                message: "contract is not valid UTF-8".into(),
-            };
+            let d = Diagnostic::at(path.to_path_buf(), line, column, Severity::Error, "contract is not valid UTF-8");
             (d, false)
         })?;
         Ok(Source { path: path.to_path_buf(), text })
@@ -94,13 +59,7 @@ impl Source {
         }
         let mut diagnostics: Vec<Diagnostic> = problems
             .iter()
-            .map(|p| Diagnostic {
-                file: self.path.clone(),
-                line: p.at.line,
-                column: p.at.column,
-                severity: Severity::Error,
-                message: p.message.clone(),
-            })
+            .map(|p| Diagnostic::at(self.path.clone(), p.at.line, p.at.column, Severity::Error, p.message.clone()))
             .collect();
         // Without the offending entries (blanked to spaces, so every position stays where it was),
         // does the rest read? Then its semantic checks can run too.
@@ -132,17 +91,11 @@ impl Source {
             // behind a tag): say so rather than point at a made-up place.
             None => (1, 1, format!("{} (the YAML parser gave no position)", plain_message(e))),
         };
-        Diagnostic { file: self.path.clone(), line, column, severity: Severity::Error, message }
+        Diagnostic::at(self.path.clone(), line, column, Severity::Error, message)
     }
 
     pub fn diagnostic(&self, at: &serde_saphyr::Location, severity: Severity, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            file: self.path.clone(),
-            line: at.line() as u32,
-            column: at.column() as u32,
-            severity,
-            message: message.into(),
-        }
+        Diagnostic::at(self.path.clone(), at.line() as u32, at.column() as u32, severity, message.into())
     }
 }
 

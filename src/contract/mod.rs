@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod diff;
 pub mod verify;
 pub mod exposition;
+pub mod findings;
 pub mod load;
 pub mod migrations;
 pub mod model;

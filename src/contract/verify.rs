@@ -11,21 +11,20 @@ use crate::config::{MigrationKind, PluginConfig, Source, Unmatched};
 use crate::exposition::line::{parse_sample, unescape_label_value};
 use crate::names::OTHER;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Warning,
-    Violation,
-}
+pub use super::findings::{Finding, Severity};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub severity: Severity,
-    /// Stable id: metric-missing, metric-type, label-forbidden, label-unknown, value-not-allowed,
-    /// method-unknown, route-raw, cardinality-label, cardinality-series.
-    pub rule: &'static str,
-    pub metric: String,
-    pub message: String,
-}
+/// The rule ids `verify` reports (a finding's `rule`).
+pub const RULES: &[&str] = &[
+    "metric-missing",
+    "metric-type",
+    "label-forbidden",
+    "label-unknown",
+    "value-not-allowed",
+    "method-unknown",
+    "route-raw",
+    "cardinality-label",
+    "cardinality-series",
+];
 
 /// What the exposition is: the sidecar's own metrics, or the app's (rewritten) metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +131,9 @@ fn route_values(config: &PluginConfig) -> Regex {
 pub fn verify(config: &PluginConfig, body: &str, target: Target) -> Result<Report, String> {
     let families = families(body)?;
     let mut report = Report::default();
+    // Every finding names its metric; a violation is an error of the findings scale.
     let mut find = |severity, rule, metric: &str, message: String| {
-        report.findings.push(Finding { severity, rule, metric: metric.to_string(), message })
+        report.findings.push(Finding { severity, rule: Some(rule), subject: Some(metric.to_string()), message, ..Finding::default() })
     };
     let mut expected: Vec<(String, Option<&str>)> = Vec::new();
     match target {
@@ -172,13 +172,13 @@ pub fn verify(config: &PluginConfig, body: &str, target: Target) -> Result<Repor
     let route_ok = route_values(config);
     for (name, kind) in &expected {
         let Some(family) = families.get(name) else {
-            find(Severity::Violation, "metric-missing", name, format!("`{name}` is not in the exposition"));
+            find(Severity::Error, "metric-missing", name, format!("`{name}` is not in the exposition"));
             continue;
         };
         found += 1;
         if let Some(kind) = kind {
             if family.kind != *kind {
-                find(Severity::Violation, "metric-type", name, format!("`{name}` is a {}, the contract says {kind}", family.kind));
+                find(Severity::Error, "metric-type", name, format!("`{name}` is a {}, the contract says {kind}", family.kind));
             }
         }
         if target == Target::App {
@@ -188,7 +188,7 @@ pub fn verify(config: &PluginConfig, body: &str, target: Target) -> Result<Repor
         for series in &family.series {
             for (label, value) in series {
                 if crate::names::PROMETHEUS_TARGET_LABELS.contains(&label.as_str()) {
-                    find(Severity::Violation, "label-forbidden", name, format!("`{name}` carries `{label}`, which Prometheus sets as a target label"));
+                    find(Severity::Error, "label-forbidden", name, format!("`{name}` carries `{label}`, which Prometheus sets as a target label"));
                 } else if !contract_labels.contains(label.as_str()) && !migrated_labels.contains(label.as_str()) {
                     find(Severity::Warning, "label-unknown", name, format!("`{name}` carries `{label}`, which the contract does not define"));
                 }
@@ -200,31 +200,31 @@ pub fn verify(config: &PluginConfig, body: &str, target: Target) -> Result<Repor
             let Some(vals) = values.get(spec.name.as_str()) else { continue };
             let real: Vec<&&str> = vals.iter().filter(|v| **v != OTHER && !v.is_empty()).collect();
             if real.len() > spec.max_values as usize {
-                find(Severity::Violation, "cardinality-label", name, format!("`{}` has {} values, over its budget of {}", spec.name, real.len(), spec.max_values));
+                find(Severity::Error, "cardinality-label", name, format!("`{}` has {} values, over its budget of {}", spec.name, real.len(), spec.max_values));
             }
             for value in real {
                 if let Some(allowed) = &spec.allowed {
                     if !allowed.iter().any(|a| a == *value) {
-                        find(Severity::Violation, "value-not-allowed", name, format!("`{}=\"{value}\"` is outside the allow-list", spec.name));
+                        find(Severity::Error, "value-not-allowed", name, format!("`{}=\"{value}\"` is outside the allow-list", spec.name));
                     }
                 }
                 if spec.sources.contains(&Source::RequestMethod) && !config.methods.iter().any(|m| m == *value) {
-                    find(Severity::Violation, "method-unknown", name, format!("`{}=\"{value}\"` is not a known method (it should be `_OTHER`)", spec.name));
+                    find(Severity::Error, "method-unknown", name, format!("`{}=\"{value}\"` is not a known method (it should be `_OTHER`)", spec.name));
                 }
                 if spec.sources.contains(&Source::RequestRoute) && config.routes.unmatched == Unmatched::Other && !route_ok.is_match(value) {
-                    find(Severity::Violation, "route-raw", name, format!("`{}=\"{value}\"` is not a route template of the contract: a raw path?", spec.name));
+                    find(Severity::Error, "route-raw", name, format!("`{}=\"{value}\"` is not a route template of the contract: a raw path?", spec.name));
                 }
             }
         }
         if family.series.len() > config.max_series as usize + 1 {
-            find(Severity::Violation, "cardinality-series", name, format!("`{name}` has {} series, over the budget of {}", family.series.len(), config.max_series));
+            find(Severity::Error, "cardinality-series", name, format!("`{name}` has {} series, over the budget of {}", family.series.len(), config.max_series));
         }
     }
     report.metrics_expected = expected.len();
     report.metrics_found = found;
     report.labels_expected = if target == Target::Sidecar { contract_labels.len() } else { 0 };
     report.labels_seen = seen_labels.iter().filter(|l| contract_labels.contains(l.as_str())).count();
-    report.findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.metric.cmp(&b.metric)));
+    report.findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.subject.cmp(&b.subject)));
     report.findings.dedup();
     Ok(report)
 }
@@ -262,7 +262,7 @@ mod tests {
     }
 
     fn rules(report: &Report) -> Vec<&str> {
-        report.findings.iter().map(|f| f.rule).collect()
+        report.findings.iter().filter_map(|f| f.rule).collect()
     }
 
     #[test]

@@ -47,8 +47,8 @@ def test_the_same_exposition_against_another_contract_names_each_violation(workd
     rc, out, _ = verify("--contract", other, "--file", saved)
     assert rc == 1
     lines = out.splitlines()
-    assert "violation[metric-missing] http_requests_total: `http_requests_total` is not in the exposition" in lines
-    assert ('violation[method-unknown] http_server_request_duration_milliseconds: '
+    assert f"{saved}: violation[metric-missing]: http_requests_total: `http_requests_total` is not in the exposition" in lines
+    assert (f'{saved}: violation[method-unknown]: http_server_request_duration_milliseconds: '
             '`http_request_method="POST"` is not a known method (it should be `_OTHER`)') in lines
     # error_type only appears on failures, and this scrape saw none.
     assert lines[-1] == "coverage: 2/3 contract metrics present, 9/10 contract labels seen"
