@@ -225,6 +225,41 @@ fn missing_file_is_an_io_error() {
 }
 
 #[test]
+fn every_command_takes_its_contract_the_same_way() {
+    // A positional CONTRACT, or --contract CONTRACT (the spelling render/verify/rewrite had): the
+    // same output and exit code either way, in every command that reads one contract.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let http = root.join("contracts/http-server.yaml");
+    let rest = root.join("contracts/rest-api.yaml");
+    let (http, rest) = (http.to_str().unwrap(), rest.to_str().unwrap());
+    let scrape = temp_contract("same-way.txt", "# TYPE orders_created_total counter\norders_created_total 12\n");
+    let scrape = scrape.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 6] = [
+        ("check", http, &[]),
+        ("compile", http, &[]),
+        ("envoy-stats", http, &[]),
+        ("render", http, &[]),
+        ("verify", http, &[scrape]),
+        ("rewrite", rest, &[scrape]),
+    ];
+    for (command, contract, rest_args) in cases {
+        let positional: Vec<&str> = [command, contract].iter().chain(rest_args).copied().collect();
+        let option: Vec<&str> = [command, "--contract", contract].iter().chain(rest_args).copied().collect();
+        let (a, b) = (metricpact(&positional), metricpact(&option));
+        // check prints nothing for a clean contract; the others print what they made.
+        assert_eq!(a.stdout.is_empty(), command == "check", "{command}: {}", String::from_utf8_lossy(&a.stderr));
+        assert_eq!((a.status.code(), stdout(&a)), (b.status.code(), stdout(&b)), "{command}");
+        assert_eq!(metricpact(&[command]).status.code(), Some(2), "{command} without a contract");
+        if command == "check" {
+            continue; // takes any number of contracts
+        }
+        // Given twice: a usage error.
+        let twice: Vec<&str> = [command, "--contract", contract, contract].iter().chain(rest_args).copied().collect();
+        assert_eq!(metricpact(&twice).status.code(), Some(2), "{command} with the contract twice");
+    }
+}
+
+#[test]
 fn exit_codes_are_the_same_in_every_command() {
     // 2: unusable input (a file that cannot be read), in every command that reads a contract.
     let missing = "/nonexistent/contract.yaml";

@@ -27,8 +27,11 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Check {
         /// Contract files (YAML).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "contract", value_name = "CONTRACT")]
         files: Vec<PathBuf>,
+        /// A contract file, as every command takes it (repeatable; the same as a positional one).
+        #[arg(long = "contract", value_name = "CONTRACT")]
+        contract: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -39,8 +42,8 @@ enum Command {
     /// Print the plugin configuration JSON the filter consumes (Envoy `configuration` value).
     #[command(after_help = EXIT_CODES)]
     Compile {
-        /// Contract file (YAML).
-        file: PathBuf,
+        #[command(flatten)]
+        contract: ContractArg,
         /// Indent the JSON.
         #[arg(long)]
         pretty: bool,
@@ -48,8 +51,8 @@ enum Command {
     /// Print the Envoy bootstrap `stats_config` (tag extraction, histogram buckets) for a contract.
     #[command(after_help = EXIT_CODES)]
     EnvoyStats {
-        /// Contract file (YAML).
-        file: PathBuf,
+        #[command(flatten)]
+        contract: ContractArg,
     },
     /// Render Istio (EnvoyFilter, WasmPlugin, TrafficExtension, proxy config) and autoscaling
     /// (KEDA, prometheus-adapter, HPA, recording rules) manifests for a contract.
@@ -77,11 +80,10 @@ enum Command {
     /// contract; findings have a severity and a rule id; exits 1 on a violation.
     #[command(after_help = EXIT_CODES)]
     Verify {
-        /// Contract file (YAML).
-        #[arg(long)]
-        contract: PathBuf,
+        #[command(flatten)]
+        contract: ContractArg,
         /// A saved exposition; `-` or nothing (without --url) reads stdin.
-        #[arg(conflicts_with = "url")]
+        #[arg(value_name = "FILE", conflicts_with = "url")]
         input: Option<PathBuf>,
         /// The same as the positional FILE (the earlier spelling).
         #[arg(long, hide = true, conflicts_with_all = ["url", "input"])]
@@ -112,10 +114,10 @@ enum Command {
     /// the filter does in the sidecar, and print the result.
     #[command(after_help = EXIT_CODES)]
     Rewrite {
-        /// Contract file (YAML) with an `exposition` section.
-        #[arg(long)]
-        contract: PathBuf,
+        #[command(flatten)]
+        contract: ContractArg,
         /// Saved exposition; `-` or nothing reads stdin.
+        #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
         /// The Content-Type the app sent: the output format is then decided as the sidecar decides
         /// it (OpenMetrics only when this says so; an OpenMetrics body announced otherwise is
@@ -129,11 +131,44 @@ enum Command {
     },
 }
 
+/// The contract a command reads: a positional CONTRACT or `--contract CONTRACT`, the same in
+/// every command (`render`, `verify` and `rewrite` took only the option before).
+#[derive(clap::Args)]
+struct ContractArg {
+    /// Contract file (YAML).
+    #[arg(value_name = "CONTRACT", required_unless_present = "contract_option")]
+    contract: Option<PathBuf>,
+    /// The same as the positional CONTRACT.
+    #[arg(long = "contract", value_name = "CONTRACT", id = "contract_option")]
+    contract_option: Option<PathBuf>,
+}
+
+impl ContractArg {
+    /// The contract, and the command's positional FILE. With `--contract C FILE` clap puts FILE
+    /// in the CONTRACT position: it is then the file.
+    fn resolve(self, file: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+        match (self.contract_option, self.contract, file) {
+            (Some(c), positional, None) => Ok((c, positional)),
+            (Some(_), Some(_), Some(_)) => anyhow::bail!("usage: the contract is given twice (positional and --contract)"),
+            (Some(c), None, file) => Ok((c, file)),
+            (None, Some(c), file) => Ok((c, file)),
+            (None, None, _) => anyhow::bail!("usage: no contract given"),
+        }
+    }
+
+    /// The contract of a command that takes no other file.
+    fn only(self) -> anyhow::Result<PathBuf> {
+        match self.resolve(None)? {
+            (c, None) => Ok(c),
+            (_, Some(_)) => anyhow::bail!("usage: the contract is given twice (positional and --contract)"),
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct RenderArgs {
-    /// Contract file (YAML).
-    #[arg(long)]
-    contract: PathBuf,
+    #[command(flatten)]
+    contract: ContractArg,
     /// Write one file per object kind into this directory (created if missing) instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -223,7 +258,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli.command {
-        Command::Check { files, format, strict } => {
+        Command::Check { mut files, contract, format, strict } => {
+            files.extend(contract);
             let mut failed = false;
             let mut unreadable = false;
             let mut all = Vec::new();
@@ -243,8 +279,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // A file that cannot be read is unusable input (2), not a finding about a contract (1).
             Ok(if unreadable { ExitCode::from(2) } else if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        Command::Compile { file, pretty } => {
-            let config = match usable(compile_file(&file)) {
+        Command::Compile { contract, pretty } => {
+            let config = match usable(compile_file(&contract.only()?)) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
@@ -253,15 +289,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Render(args) => render(args, &mut out),
         Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
-        Command::Verify { contract, input, file, url, target, format } => verify(&contract, input.or(file), url, target, format, &mut out),
+        Command::Verify { contract, input, file, url, target, format } => {
+            let (contract, input) = if url.is_some() { (contract.only()?, None) } else { contract.resolve(input.or(file))? };
+            verify(&contract, input, url, target, format, &mut out)
+        }
         Command::Package { out: dir, wasm, tag } => package(&dir, &wasm, &tag, &mut out),
         Command::Schema => {
             writeln!(out, "{}", serde_json::to_string_pretty(&metricpact::contract::model::json_schema())?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rewrite { contract, file, content_type, node } => rewrite(&contract, file, content_type, &node, &mut out),
-        Command::EnvoyStats { file } => {
-            let config = match usable(compile_file(&file)) {
+        Command::Rewrite { contract, file, content_type, node } => {
+            let (contract, file) = contract.resolve(file)?;
+            rewrite(&contract, file, content_type, &node, &mut out)
+        }
+        Command::EnvoyStats { contract } => {
+            let config = match usable(compile_file(&contract.only()?)) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
@@ -290,7 +332,7 @@ fn render(args: RenderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     use metricpact::contract::deploy::Target;
     use metricpact::render::{render, to_yaml, Inputs, WasmSource};
 
-    let compiled = compile_file(&args.contract);
+    let compiled = compile_file(&args.contract.only()?);
     let deployment = compiled.deployment.clone();
     let config = match usable(compiled) {
         Ok(config) => config,
