@@ -8,7 +8,7 @@ WASM       := target/wasm32-wasip1/release/metricpact.wasm
 CLI        := target/release/metricpact
 CONTRACTS  := $(wildcard contracts/*.yaml)
 
-.PHONY: all deps build wasm cli test test-unit test-wasm test-envoy check-contracts demo envoyfilter schema bench fidelity soak fuzz fuzz-goal fuzz-smoke clean
+.PHONY: all deps build wasm cli test test-unit test-wasm test-ci test-envoy check-contracts demo envoyfilter schema bench fidelity soak fuzz fuzz-goal fuzz-smoke clean
 
 all: build
 
@@ -27,7 +27,7 @@ cli:
 	$(CARGO) build --release --bin metricpact
 
 ## test: the whole suite (unit tests native and in Wasm, contract checks, real-Envoy tests, 30 s per fuzz target)
-test: build test-unit test-wasm check-contracts test-envoy fuzz-smoke
+test: build test-unit test-wasm check-contracts test-ci test-envoy fuzz-smoke
 
 test-unit:
 	$(CARGO) test
@@ -39,6 +39,10 @@ test-wasm: deps
 
 check-contracts: cli
 	$(CLI) check $(CONTRACTS)
+
+# The README's GitHub Actions job and the pre-commit hook, run with the real binary.
+test-ci: deps cli
+	$(PYTHON) -m pytest -q tests/ci
 
 test-envoy: build
 	$(PYTHON) -m pytest -q tests/envoy
