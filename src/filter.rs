@@ -118,6 +118,12 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // Every rule the configuration breaks, in one line, before anything is built from it.
+        let errors = crate::validate::plugin_config(&config);
+        if !errors.is_empty() {
+            log::error!("metricpact: refusing to start: invalid plugin configuration: {}", crate::validate::summary(&errors));
+            return false;
+        }
         let node = |key: &str, field: Option<&str>| {
             let mut path = vec!["xds", "node", "metadata", key];
             path.extend(field);
@@ -132,7 +138,8 @@ impl RootContext for Root {
                 }
             }
         }
-        match Engine::new(&config, &node) {
+        // Validated above: build without validating again.
+        match Engine::routes(&config).map(|routes| Engine::with_routes(&config, routes, &node)) {
             Ok(mut engine) => {
                 engine.define_self_metrics(&mut EnvoyStats);
                 if let Some((name, id)) = engine.contract_info() {

@@ -2,21 +2,17 @@
 //! `line:col` of the value it concerns. Checking and lowering happen in one pass: the result is
 //! the plugin configuration the contract means, valid only when no error was reported.
 
-use std::collections::HashSet;
-
 use serde_saphyr::{Location, Spanned};
 
 use super::deploy::Deployment;
 use super::load::{Diagnostic, Severity, Source as File};
-use super::suggest;
 use super::model::{self, Contract, DurationUnitDef, LabelDef, UnmatchedDef};
+use super::report::Report;
+pub use super::sources::{default_labels, parse_source};
 use crate::config::{
     ActiveSpec, ContractInfo, DurationSpec, DurationUnit, LabelSpec, MetricSpec, PluginConfig, RouteMatch, RouteRule,
-    RouteTable, Source, Unmatched, CONFIG_FORMAT, DEFAULT_METHODS, MAX_LABELS,
+    RouteTable, Source, Unmatched, CONFIG_FORMAT, DEFAULT_METHODS,
 };
-use crate::names;
-use crate::routes::{anchored, check_template};
-use crate::telemetry::SELF_METRIC_NAMES;
 
 pub const DEFAULT_REQUESTS_NAME: &str = "http_server_requests_total";
 pub const DEFAULT_DURATION_NAME: &str = "http_server_request_duration_milliseconds";
@@ -28,119 +24,55 @@ pub const DEFAULT_MAX_VALUES_PER_LABEL: u32 = 100;
 pub const DEFAULT_MAX_SERIES: u32 = 1000;
 pub const DEFAULT_MAX_VALUE_LENGTH: u32 = 128;
 pub const DEFAULT_RAW_MAX_LENGTH: u32 = 64;
-/// Upper bound for configurable lengths: Envoy stat names stay reasonable below it.
-const LENGTH_LIMIT: u32 = 1024;
-
-/// The label set used when a contract has no `labels:` section (OTel HTTP server conventions).
-pub fn default_labels() -> Vec<(&'static str, Vec<&'static str>)> {
-    vec![
-        ("http_request_method", vec!["request.method"]),
-        ("http_route", vec!["request.route"]),
-        ("http_response_status_code", vec!["response.status_code"]),
-        ("error_type", vec!["response.error_type"]),
-        ("url_scheme", vec!["request.scheme"]),
-        ("network_protocol_version", vec!["request.protocol"]),
-        ("k8s_pod_name", vec!["node.NAME"]),
-        ("k8s_namespace_name", vec!["node.NAMESPACE"]),
-        ("k8s_workload_name", vec!["node.WORKLOAD_NAME"]),
-        (
-            "service_name",
-            vec![
-                "node.LABELS.service.istio.io/canonical-name",
-                "node.LABELS.app.kubernetes.io/name",
-                "node.LABELS.app",
-                "node.WORKLOAD_NAME",
-            ],
-        ),
-    ]
-}
-
-/// Parses one source expression (`request.method`, `node.LABELS.app`, …).
-pub fn parse_source(text: &str) -> Result<Source, String> {
-    let simple = SIMPLE_SOURCES.iter().find(|(name, _)| *name == text).map(|(_, source)| source.clone());
-    if let Some(source) = simple {
-        return Ok(source);
-    }
-    if let Some(name) = text.strip_prefix("request.header.") {
-        let valid = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b));
-        if !valid {
-            return Err(format!(
-                "`{name}` is not a valid header name: use lowercase letters, digits and `-` (Envoy lowercases header names)"
-            ));
-        }
-        return Ok(Source::RequestHeader { name: name.to_string() });
-    }
-    if let Some(rest) = text.strip_prefix("node.") {
-        let (key, field) = match rest.split_once('.') {
-            Some((key, field)) => (key, Some(field)),
-            None => (rest, None),
-        };
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("`{key}` is not a node metadata key (Istio sets e.g. NAME, NAMESPACE, WORKLOAD_NAME, LABELS)"));
-        }
-        if field == Some("") {
-            return Err("empty field after `node.KEY.`".into());
-        }
-        return Ok(Source::Node { key: key.to_string(), field: field.map(str::to_string) });
-    }
-    // A misspelt parameterized source keeps its parameter: `request.headers.x-tenant` →
-    // `request.header.x-tenant`, `nodes.NAME` → `node.NAME`.
-    let parameterized = [("request.header", 2), ("node", 1)].into_iter().find_map(|(prefix, parts)| {
-        let mut split = text.splitn(parts + 1, '.');
-        let head: Vec<&str> = split.by_ref().take(parts).collect();
-        let rest = split.next().filter(|r| !r.is_empty())?;
-        suggest::closest(&head.join("."), [prefix]).map(|p| format!("{p}.{rest}"))
-    });
-    let hint = match parameterized {
-        Some(source) => format!("; did you mean `{source}`?"),
-        None => suggest::hint(text, SIMPLE_SOURCES.iter().map(|(name, _)| *name)),
-    };
-    Err(format!(
-        "unknown source `{text}`{hint} (sources: request.method, request.route, request.scheme, request.protocol, \
-         request.header.NAME, response.status_code, response.status_class, response.error_type, node.KEY, node.KEY.FIELD, \
-         and for gRPC requests request.grpc_method, request.grpc_service, response.grpc_status, response.grpc_status_name)"
-    ))
-}
-
-/// The sources without a parameter.
-const SIMPLE_SOURCES: &[(&str, Source)] = &[
-    ("request.method", Source::RequestMethod),
-    ("request.route", Source::RequestRoute),
-    ("request.scheme", Source::RequestScheme),
-    ("request.protocol", Source::RequestProtocol),
-    ("response.status_code", Source::ResponseStatusCode),
-    ("response.status_class", Source::ResponseStatusClass),
-    ("response.error_type", Source::ResponseErrorType),
-    ("request.grpc_method", Source::RequestGrpcMethod),
-    ("request.grpc_service", Source::RequestGrpcService),
-    ("response.grpc_status", Source::ResponseGrpcStatus),
-    ("response.grpc_status_name", Source::ResponseGrpcStatusName),
-];
 
 /// Checks a parsed contract; returns the configuration it compiles to, its deployment side and
-/// every finding.
+/// every finding: the lowering's own (what needs the YAML) and the validator's on the lowered
+/// configuration, each at the position its field came from.
 pub fn check(file: &File, contract: &Contract) -> (PluginConfig, Deployment, Vec<Diagnostic>) {
-    let mut checker = Checker { file, diags: Vec::new() };
+    let mut checker = Checker { file, diags: Vec::new(), origins: Vec::new(), refused: Vec::new(), root: contract.format.referenced };
     let config = checker.contract(contract);
+    for e in crate::validate::plugin_config(&config) {
+        if checker.refused.iter().any(|p| under(&e.path, p)) {
+            continue;
+        }
+        let at = checker.locate(&e.path);
+        checker.error(&at, e.message);
+    }
     let deployment = super::deploy::lower(contract, &config, &mut checker);
     let mut diags = checker.diags;
     diags.sort_by_key(|d| (d.line, d.column));
     (config, deployment, diags)
 }
 
-impl super::migrations::Findings for Checker<'_> {
+/// `path` is `prefix` or a field or item under it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
+impl Report for Checker<'_> {
     fn error(&mut self, at: &Location, message: String) {
         Checker::error(self, at, message);
     }
     fn warn(&mut self, at: &Location, message: String) {
         Checker::warn(self, at, message);
     }
+    fn origin(&mut self, path: String, at: &Location) {
+        self.origins.push((path, *at));
+    }
+    fn refused(&mut self, path: String) {
+        self.refused.push(path);
+    }
 }
 
 struct Checker<'a> {
     file: &'a File,
     diags: Vec<Diagnostic>,
+    /// Configuration field → the YAML it was lowered from.
+    origins: Vec<(String, Location)>,
+    /// Fields whose YAML was refused already.
+    refused: Vec<String>,
+    /// Where a field without any recorded origin is reported (the `format` line).
+    root: Location,
 }
 
 impl Checker<'_> {
@@ -150,6 +82,24 @@ impl Checker<'_> {
 
     fn warn(&mut self, at: &Location, message: impl Into<String>) {
         self.diags.push(self.file.diagnostic(at, Severity::Warning, message));
+    }
+
+    fn origin(&mut self, path: impl Into<String>, at: &Location) {
+        self.origins.push((path.into(), *at));
+    }
+
+    /// The position of `path`'s YAML: its own origin, else its nearest enclosing field's.
+    fn locate(&self, path: &str) -> Location {
+        let mut path = path;
+        loop {
+            if let Some((_, at)) = self.origins.iter().find(|(p, _)| p == path) {
+                return *at;
+            }
+            match path.rfind(['.', '[']) {
+                Some(i) => path = &path[..i],
+                None => return self.root,
+            }
+        }
     }
 
     fn contract(&mut self, c: &Contract) -> PluginConfig {
@@ -168,9 +118,17 @@ impl Checker<'_> {
             self.error(&c.version.referenced, "contract version must not be empty");
         }
 
-        let max_values_default = self.positive("cardinality.max_values_per_label", c.cardinality.max_values_per_label.as_ref(), DEFAULT_MAX_VALUES_PER_LABEL, u32::MAX);
-        let max_series = self.positive("cardinality.max_series", c.cardinality.max_series.as_ref(), DEFAULT_MAX_SERIES, u32::MAX);
-        let max_value_length = self.positive("cardinality.max_value_length", c.cardinality.max_value_length.as_ref(), DEFAULT_MAX_VALUE_LENGTH, LENGTH_LIMIT);
+        // A default for every label, not a field of the configuration: checked here.
+        let max_values_default = match &c.cardinality.max_values_per_label {
+            Some(v) if v.value == 0 => {
+                self.error(&v.referenced, "must be between 1 and 4294967295, found 0");
+                DEFAULT_MAX_VALUES_PER_LABEL
+            }
+            Some(v) => v.value,
+            None => DEFAULT_MAX_VALUES_PER_LABEL,
+        };
+        let max_series = self.number("max_series", c.cardinality.max_series.as_ref(), DEFAULT_MAX_SERIES);
+        let max_value_length = self.number("max_value_length", c.cardinality.max_value_length.as_ref(), DEFAULT_MAX_VALUE_LENGTH);
 
         let labels = self.labels(c, max_values_default);
         let (requests, duration, active) = self.metrics(c, &labels);
@@ -191,7 +149,7 @@ impl Checker<'_> {
             }
         }
 
-        let config = PluginConfig {
+        let mut config = PluginConfig {
             format: CONFIG_FORMAT,
             contract: ContractInfo { name: c.name.value.clone(), version: c.version.value.clone(), hash: String::new() },
             requests,
@@ -206,13 +164,8 @@ impl Checker<'_> {
             migrations: Vec::new(),
             client: false,
         };
-        let mut config = config;
         if let Some(def) = &c.exposition {
-            let mut warnings = Vec::new();
-            config.exposition = Some(super::exposition::lower(def, self, &mut |at, m| warnings.push((*at, m))));
-            for (at, m) in warnings {
-                self.warn(&at, m);
-            }
+            config.exposition = Some(super::exposition::lower(def, self));
         }
         if let Some(defs) = &c.migrations {
             let today = super::migrations::today().unwrap_or_else(|e| {
@@ -237,14 +190,14 @@ impl Checker<'_> {
         config
     }
 
-    fn positive(&mut self, field: &str, value: Option<&Spanned<u32>>, default: u32, max: u32) -> u32 {
+    /// A number of the configuration as written (the validator judges it), or its default.
+    fn number(&mut self, path: &str, value: Option<&Spanned<u32>>, default: u32) -> u32 {
         match value {
             None => default,
-            Some(v) if v.value == 0 || v.value > max => {
-                self.error(&v.referenced, format!("`{field}` must be between 1 and {max}, found {}", v.value));
-                default
+            Some(v) => {
+                self.origin(path, &v.referenced);
+                v.value
             }
-            Some(v) => v.value,
         }
     }
 
@@ -261,35 +214,19 @@ impl Checker<'_> {
                 })
                 .collect();
         };
-        if defs.value.len() > MAX_LABELS {
-            self.error(&defs.referenced, format!("{} labels defined; at most {MAX_LABELS} are supported", defs.value.len()));
-        }
+        self.origin("labels", &defs.referenced);
         let mut specs = Vec::new();
-        let mut seen = HashSet::new();
-        let all_tags: Vec<String> = defs
-            .value
-            .iter()
-            .map(|d| d.name.value.clone())
-            .chain(names::SELF_LABEL_NAMES.iter().map(|s| s.to_string()))
-            .collect();
-        let all_tags: Vec<&str> = all_tags.iter().map(String::as_str).collect();
         for def in &defs.value {
-            let name = &def.name;
-            if !names::is_valid_label_name(&name.value) {
-                self.error(&name.referenced, format!("`{}` is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with `__`)", name.value));
-            } else if !seen.insert(name.value.clone()) {
-                self.error(&name.referenced, format!("duplicate label `{}`", name.value));
-            } else if let Some(reason) = crate::validate::label_name_conflict(&name.value, &all_tags) {
-                self.error(&name.referenced, reason);
-            }
-            if let Some(spec) = self.label(def, max_values_default) {
+            if let Some(spec) = self.label(def, specs.len(), max_values_default) {
                 specs.push(spec);
             }
         }
         specs
     }
 
-    fn label(&mut self, def: &LabelDef, max_values_default: u32) -> Option<LabelSpec> {
+    /// The label lowered as configuration item `index`.
+    fn label(&mut self, def: &LabelDef, index: usize, max_values_default: u32) -> Option<LabelSpec> {
+        let at = format!("labels[{index}]");
         let sources = match (&def.from, &def.value) {
             (Some(_), Some(value)) => {
                 self.error(&value.referenced, format!("label `{}` has both `from` and `value`; keep one", def.name.value));
@@ -299,8 +236,12 @@ impl Checker<'_> {
                 self.error(&def.name.referenced, format!("label `{}` needs `from: SOURCE` or `value: CONSTANT`", def.name.value));
                 return None;
             }
-            (None, Some(value)) => vec![Source::Constant { value: value.value.clone() }],
+            (None, Some(value)) => {
+                self.origin(format!("{at}.sources"), &value.referenced);
+                vec![Source::Constant { value: value.value.clone() }]
+            }
             (Some(from), None) => {
+                self.origin(format!("{at}.sources"), &from.referenced);
                 let texts = from.value.sources();
                 if texts.is_empty() {
                     self.error(&from.referenced, "`from` lists no source");
@@ -310,12 +251,11 @@ impl Checker<'_> {
                 for text in &texts {
                     match parse_source(text) {
                         Ok(source) => sources.push(source),
-                        Err(message) => self.error(&from.referenced, message),
+                        Err(message) => {
+                            self.error(&from.referenced, message);
+                            self.refused.push(format!("{at}.sources"));
+                        }
                     }
-                }
-                let response = sources.iter().filter(|s| s.is_response_side()).count();
-                if response > 0 && response < sources.len() {
-                    self.error(&from.referenced, "a label cannot mix response sources with request or node sources");
                 }
                 // Sources are tried in order: after one that always has a value the rest are dead.
                 let always = sources.iter().position(|s| matches!(s, Source::RequestMethod | Source::RequestRoute));
@@ -335,19 +275,12 @@ impl Checker<'_> {
                 sources
             }
         };
-        let max_values = self.positive("max_values", def.max_values.as_ref(), max_values_default, u32::MAX);
+        self.origin(format!("{at}.name"), &def.name.referenced);
+        let max_values = self.number(&format!("{at}.max_values"), def.max_values.as_ref(), max_values_default);
         let allowed = def.values.as_ref().map(|values| {
-            if values.value.is_empty() {
-                self.error(&values.referenced, "`values` is empty: every value would become `_OTHER`; remove it or list the values");
-            }
-            let mut seen = HashSet::new();
-            for v in &values.value {
-                if !seen.insert(v.value.as_str()) {
-                    self.error(&v.referenced, format!("duplicate value `{}`", v.value));
-                }
-                if crate::label_values::sanitize(v.value.as_bytes(), usize::MAX) != v.value {
-                    self.error(&v.referenced, format!("value `{}` contains characters label values cannot carry (`;`, `=`, `\"`, `\\`, spaces, controls or non-ASCII)", v.value));
-                }
+            self.origin(format!("{at}.allowed"), &values.referenced);
+            for (j, v) in values.value.iter().enumerate() {
+                self.origin(format!("{at}.allowed[{j}]"), &v.referenced);
             }
             values.value.iter().map(|v| v.value.clone()).collect()
         });
@@ -360,37 +293,23 @@ impl Checker<'_> {
         })
     }
 
-    fn metric_name(&mut self, name: Option<&Spanned<String>>, default: &str, taken: &mut Vec<String>) -> (String, Option<Location>) {
-        let (value, at) = match name {
-            Some(n) => (n.value.clone(), Some(n.referenced)),
-            None => (default.to_string(), None),
-        };
-        if let Some(at) = &at {
-            if !names::is_valid_metric_name(&value) {
-                self.error(at, format!("`{value}` is not a valid Prometheus metric name ([a-zA-Z_][a-zA-Z0-9_]*; `:` is reserved for recording rules)"));
-            } else if SELF_METRIC_NAMES.contains(&value.as_str()) {
-                self.error(at, format!("`{value}` is one of metricpact's self-metrics"));
-            } else if taken.contains(&value) {
-                self.error(at, format!("metric name `{value}` is used twice"));
+    /// A metric's name as written, or its default; `path` is its configuration field.
+    fn metric_name(&mut self, path: &str, name: Option<&Spanned<String>>, default: &str) -> String {
+        match name {
+            Some(n) => {
+                self.origin(path, &n.referenced);
+                n.value.clone()
             }
+            None => default.to_string(),
         }
-        taken.push(value.clone());
-        (value, at)
     }
 
     fn metrics(&mut self, c: &Contract, labels: &[LabelSpec]) -> (Option<MetricSpec>, Option<DurationSpec>, Option<ActiveSpec>) {
-        let mut taken = Vec::new();
         let m = &c.metrics;
 
         let requests = match &m.requests {
             Some(d) if d.value.enabled == Some(false) => None,
-            d => {
-                let (name, at) = self.metric_name(d.as_ref().and_then(|d| d.value.name.as_ref()), DEFAULT_REQUESTS_NAME, &mut taken);
-                if let Some(at) = at.filter(|_| !name.ends_with("_total")) {
-                    self.error(&at, format!("counter `{name}` must end in `_total`"));
-                }
-                Some(MetricSpec { name })
-            }
+            d => Some(MetricSpec { name: self.metric_name("requests.name", d.as_ref().and_then(|d| d.value.name.as_ref()), DEFAULT_REQUESTS_NAME) }),
         };
 
         let duration = match &m.duration {
@@ -401,32 +320,17 @@ impl Checker<'_> {
                     Some(DurationUnitDef::Microseconds) => DurationUnit::Microseconds,
                     _ => DurationUnit::Milliseconds,
                 };
-                let (name, at) = self.metric_name(def.and_then(|d| d.name.as_ref()), DEFAULT_DURATION_NAME, &mut taken);
-                let at = at.or(def.and_then(|d| d.unit.as_ref()).map(|u| u.referenced));
-                if let Some(at) = at {
-                    if !names::ends_with_unit(&name, unit.word()) {
-                        self.error(&at, format!("histogram `{name}` records {}: its name must end in `_{}`", unit.word(), unit.word()));
-                    }
-                    for suffix in ["_bucket", "_sum", "_count", "_total"] {
-                        if name.ends_with(suffix) {
-                            self.error(&at, format!("histogram `{name}` must not end in `{suffix}`"));
-                        }
-                    }
+                // A name that does not fit its unit is shown at the unit when the name is the default.
+                if let Some(u) = def.and_then(|d| d.unit.as_ref()) {
+                    self.origin("duration.name", &u.referenced);
                 }
+                let name = self.metric_name("duration.name", def.and_then(|d| d.name.as_ref()), DEFAULT_DURATION_NAME);
                 let buckets = match def.and_then(|d| d.buckets.as_ref()) {
                     None => OTEL_DURATION_BUCKETS_SECONDS.iter().map(|s| (s * unit.per_second()).round()).collect(),
                     Some(b) => {
-                        if b.value.is_empty() {
-                            self.error(&b.referenced, "`buckets` is empty; list the upper bounds or omit it for the OTel defaults");
-                        }
-                        let mut previous: Option<f64> = None;
-                        for bound in &b.value {
-                            if !bound.value.is_finite() || bound.value <= 0.0 {
-                                self.error(&bound.referenced, format!("bucket bound {} must be a positive finite number", bound.value));
-                            } else if previous.is_some_and(|p| bound.value <= p) {
-                                self.error(&bound.referenced, format!("buckets must be strictly increasing: {} follows {}", bound.value, previous.unwrap_or(0.0)));
-                            }
-                            previous = Some(bound.value);
+                        self.origin("duration.buckets", &b.referenced);
+                        for (j, bound) in b.value.iter().enumerate() {
+                            self.origin(format!("duration.buckets[{j}]"), &bound.referenced);
                         }
                         b.value.iter().map(|v| v.value).collect()
                     }
@@ -439,29 +343,14 @@ impl Checker<'_> {
             Some(d) if d.value.enabled == Some(false) => None,
             d => {
                 let def = d.as_ref().map(|d| &d.value);
-                let (name, at) = self.metric_name(def.and_then(|d| d.name.as_ref()), DEFAULT_ACTIVE_NAME, &mut taken);
-                if let Some(at) = at.filter(|_| name.ends_with("_total")) {
-                    self.error(&at, format!("gauge `{name}` must not end in `_total`"));
-                }
+                let name = self.metric_name("active_requests.name", def.and_then(|d| d.name.as_ref()), DEFAULT_ACTIVE_NAME);
                 let names = match def.and_then(|d| d.labels.as_ref()) {
                     None => labels.iter().filter(|l| !l.sources.iter().any(Source::is_response_side)).map(|l| l.name.clone()).collect(),
                     Some(list) => {
-                        let mut names = Vec::new();
-                        for n in list {
-                            match labels.iter().find(|l| l.name == n.value) {
-                                None => {
-                                    let hint = suggest::hint(&n.value, labels.iter().map(|l| l.name.as_str()));
-                                    self.error(&n.referenced, format!("`{}` is not one of the contract's labels{hint}", n.value))
-                                }
-                                Some(l) if l.sources.iter().any(Source::is_response_side) => self.error(
-                                    &n.referenced,
-                                    format!("`{}` comes from the response, which an in-flight request does not have", n.value),
-                                ),
-                                Some(_) if names.contains(&n.value) => self.error(&n.referenced, format!("duplicate label `{}`", n.value)),
-                                Some(_) => names.push(n.value.clone()),
-                            }
+                        for (j, n) in list.iter().enumerate() {
+                            self.origin(format!("active_requests.labels[{j}]"), &n.referenced);
                         }
-                        names
+                        list.iter().map(|n| n.value.clone()).collect()
                     }
                 };
                 Some(ActiveSpec { name, labels: names })
@@ -474,17 +363,13 @@ impl Checker<'_> {
         let Some(list) = &c.methods else {
             return DEFAULT_METHODS.iter().map(|m| m.to_string()).collect();
         };
-        if list.value.is_empty() {
-            self.error(&list.referenced, "`methods` is empty: every method would become `_OTHER`; omit it for the default list");
-        }
-        let mut seen = HashSet::new();
-        for m in &list.value {
+        self.origin("methods", &list.referenced);
+        let mut seen = std::collections::HashSet::new();
+        for (j, m) in list.value.iter().enumerate() {
+            self.origin(format!("methods[{j}]"), &m.referenced);
+            // Only for a method the validator accepts (a token, the first of its name).
             let token = !m.value.is_empty() && m.value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
-                self.error(&m.referenced, format!("`{}` is not an HTTP method token", m.value));
-            } else if !seen.insert(m.value.as_str()) {
-                self.error(&m.referenced, format!("duplicate method `{}`", m.value));
-            } else if m.value.bytes().any(|b| b.is_ascii_lowercase()) {
+            if token && seen.insert(m.value.as_str()) && m.value.bytes().any(|b| b.is_ascii_lowercase()) {
                 self.warn(&m.referenced, format!("methods are case-sensitive: `{}` will not match `{}`", m.value, m.value.to_ascii_uppercase()));
             }
         }
@@ -511,26 +396,10 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            let mut regex = None;
             let matcher = match kind {
-                "exact" | "prefix" => {
-                    if !text.value.starts_with('/') {
-                        self.error(&text.referenced, format!("`{}` must start with `/`", text.value));
-                    }
-                    if kind == "exact" {
-                        RouteMatch::Exact(text.value.clone())
-                    } else {
-                        RouteMatch::Prefix(text.value.clone())
-                    }
-                }
-                _ => {
-                    // Compile the pattern as written first, so errors quote the user's text.
-                    match regex::Regex::new(&text.value).and_then(|_| regex::Regex::new(&anchored(&text.value))) {
-                        Ok(re) => regex = Some(re),
-                        Err(e) => self.error(&text.referenced, format!("regex does not compile: {}", one_line(&e.to_string()))),
-                    }
-                    RouteMatch::Regex(text.value.clone())
-                }
+                "exact" => RouteMatch::Exact(text.value.clone()),
+                "prefix" => RouteMatch::Prefix(text.value.clone()),
+                _ => RouteMatch::Regex(text.value.clone()),
             };
             let template = match (&def.template, kind) {
                 (Some(t), _) => t.value.clone(),
@@ -541,12 +410,11 @@ impl Checker<'_> {
                     continue;
                 }
             };
+            let at = format!("routes.rules[{}]", rules.len());
+            self.origin(at.clone(), &rule.referenced);
+            self.origin(format!("{at}.match"), &text.referenced);
             if let Some(t) = &def.template {
-                if kind != "regex" || regex.is_some() {
-                    if let Err(message) = check_template(&t.value, regex.as_ref()) {
-                        self.error(&t.referenced, message);
-                    }
-                }
+                self.origin(format!("{at}.template"), &t.referenced);
                 if crate::label_values::sanitize(t.value.as_bytes(), usize::MAX) != t.value {
                     self.warn(&t.referenced, "template contains characters label values cannot carry; they will be replaced by `_`");
                 }
@@ -560,13 +428,9 @@ impl Checker<'_> {
             }
             _ => Unmatched::Other,
         };
-        let raw_max_length = self.positive("routes.raw_max_length", r.raw_max_length.as_ref(), DEFAULT_RAW_MAX_LENGTH, LENGTH_LIMIT);
+        let raw_max_length = self.number("routes.raw_max_length", r.raw_max_length.as_ref(), DEFAULT_RAW_MAX_LENGTH);
         RouteTable { rules, unmatched, raw_max_length }
     }
-}
-
-fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

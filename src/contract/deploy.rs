@@ -109,7 +109,7 @@ impl ScalingRules {
 }
 
 /// Where the deployment side's findings go (the checker; one trait for every lowering).
-pub use super::migrations::Findings as Report;
+pub use super::report::Report;
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()

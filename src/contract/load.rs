@@ -27,6 +27,7 @@ pub struct Source {
 impl Source {
     /// The file's text; on failure the diagnostic, and whether the file could not be read at all
     /// (true) rather than read and found not to be text (false).
+    #[allow(clippy::result_large_err)] // once per file, on the way to an error message
     pub fn read(path: &Path) -> Result<Source, (Diagnostic, bool)> {
         let bytes = std::fs::read(path).map_err(|e| {
             let d = Diagnostic::at(path.to_path_buf(), 0, 0, Severity::Error, format!("cannot read contract: {e}"));
@@ -145,9 +146,7 @@ fn blank(text: &mut [u8], start: usize, end: usize) {
         }
         // As many spaces as the character had bytes, so later byte offsets stay put; a column
         // after it on the same line can move, which only a flow collection would notice.
-        for j in i..(i + width).min(end) {
-            text[j] = b' ';
-        }
+        text[i..(i + width).min(end)].fill(b' ');
         i += width;
     }
 }

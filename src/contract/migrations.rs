@@ -1,20 +1,15 @@
 //! Checking and lowering a contract's `migrations`: each declared rename goes to the traffic
 //! metrics or to the exposition rewrite, and its sunset date is judged against today.
 
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Spanned;
+
+use super::report::Report;
 
 use super::model::MigrationDef;
 use crate::config::{Migration, MigrationKind, PluginConfig};
-use crate::names;
 
 /// Days before a sunset from which `check` warns.
 pub const WARN_DAYS: i64 = 30;
-
-/// Where findings go (the checker).
-pub trait Findings {
-    fn error(&mut self, at: &Location, message: String);
-    fn warn(&mut self, at: &Location, message: String);
-}
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
@@ -67,14 +62,13 @@ pub struct ExpositionNames {
 }
 
 /// Lowers every migration into `config` (traffic ones) and `config.exposition` (app ones).
-pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, exposition: Option<&ExpositionNames>, today: i64, report: &mut dyn Findings) {
+pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, exposition: Option<&ExpositionNames>, today: i64, report: &mut dyn Report) {
     let traffic_metrics: Vec<String> = [config.requests.as_ref().map(|m| &m.name), config.duration.as_ref().map(|m| &m.name), config.active_requests.as_ref().map(|m| &m.name)]
         .into_iter()
         .flatten()
         .cloned()
         .collect();
     let traffic_labels: Vec<String> = config.labels.iter().map(|l| l.name.clone()).collect();
-    let mut seen_old: Vec<(MigrationKind, String)> = Vec::new();
     for def in defs {
         let d = &def.value;
         let (kind, old) = match (&d.metric, &d.label) {
@@ -87,53 +81,18 @@ pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, expositi
         };
         let new = &d.renamed_to;
         let what = if kind == MigrationKind::Metric { "metric" } else { "label" };
-        let valid = match kind {
-            MigrationKind::Metric => names::is_valid_metric_name(&old.value),
-            MigrationKind::Label => names::is_valid_label_name(&old.value),
-        };
-        if !valid {
-            report.error(&old.referenced, format!("`{}` is not a valid Prometheus {what} name", old.value));
-            continue;
-        }
-        if old.value == new.value {
-            report.error(&new.referenced, format!("`{}` is renamed to itself", old.value));
-            continue;
-        }
-        if seen_old.contains(&(kind, old.value.clone())) {
-            report.error(&old.referenced, format!("{what} `{}` has two migrations", old.value));
-            continue;
-        }
-        seen_old.push((kind, old.value.clone()));
         let (current, known) = match kind {
             MigrationKind::Metric => (&traffic_metrics, exposition.map(|e| &e.metrics)),
             MigrationKind::Label => (&traffic_labels, exposition.map(|e| &e.labels)),
         };
-        if current.contains(&old.value) {
-            report.error(&old.referenced, format!("`{}` is still a {what} of this contract: a migration keeps an old name alive beside a new one", old.value));
-            continue;
-        }
-        let traffic = current.contains(&new.value);
-        if traffic && kind == MigrationKind::Label {
-            let mut tags = config.tag_names();
-            tags.push(&old.value);
-            if let Some(reason) = crate::validate::label_name_conflict(&old.value, &tags) {
-                report.error(&old.referenced, reason);
-                continue;
-            }
-        }
-        if !traffic {
-            match known {
-                None => {
-                    let hint = super::suggest::hint(&new.value, current.iter().map(|s| s.as_ref()));
-                    report.error(&new.referenced, format!("`{}` is not a traffic {what} of this contract{hint} (and the contract has no `exposition` section)", new.value));
-                    continue;
-                }
-                Some(known) if !known.contains(&new.value) => report.warn(
-                    &new.referenced,
-                    format!("`{}` is not a traffic {what}, nor produced by an exact rename, an injected label or a required metric of the exposition rewrite: the old name appears only where the app's rewritten metrics have `{}`", new.value, new.value),
-                ),
-                Some(_) => {}
-            }
+        // A migration to a traffic name is the sidecar's; one to any other name the exposition
+        // rewrite's (when there is one: else the validator says it names no traffic metric).
+        let traffic = current.contains(&new.value) || known.is_none();
+        if !traffic && known.is_some_and(|k| !k.contains(&new.value)) && old.value != new.value {
+            report.warn(
+                &new.referenced,
+                format!("`{}` is not a traffic {what}, nor produced by an exact rename, an injected label or a required metric of the exposition rewrite: the old name appears only where the app's rewritten metrics have `{}`", new.value, new.value),
+            );
         }
         let Some(sunset_day) = parse_date(&d.sunset.value) else {
             report.error(&d.sunset.referenced, format!("sunset `{}` is not a date in the form YYYY-MM-DD", d.sunset.value));
@@ -152,11 +111,15 @@ pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, expositi
             );
         }
         let migration = Migration { kind, old: old.value.clone(), new: new.value.clone(), sunset: d.sunset.value.clone(), sunset_unix: (sunset_day.max(0) as u64) * 86_400 };
-        if traffic {
-            config.migrations.push(migration);
-        } else if let Some(spec) = config.exposition.as_mut() {
-            spec.migrations.push(migration);
-        }
+        let list = match config.exposition.as_mut() {
+            Some(spec) if !traffic => &mut spec.migrations,
+            _ => &mut config.migrations,
+        };
+        let at = if traffic { format!("migrations[{}]", list.len()) } else { format!("exposition.migrations[{}]", list.len()) };
+        report.origin(at.clone(), &def.referenced);
+        report.origin(format!("{at}.old"), &old.referenced);
+        report.origin(format!("{at}.new"), &new.referenced);
+        list.push(migration);
     }
 }
 

@@ -11,6 +11,8 @@ pub mod findings;
 pub mod load;
 pub mod migrations;
 pub mod model;
+pub mod report;
 pub mod shape;
+pub mod sources;
 pub mod suggest;
 pub mod yaml;

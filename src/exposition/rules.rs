@@ -131,9 +131,6 @@ impl Rewriter {
         let mut exact_renames = FastMap::default();
         let mut regex_renames = Vec::new();
         for rename in &spec.rename_metrics {
-            if !crate::names::is_valid_metric_name(&rename.to) && !rename.to.contains('$') {
-                return Err(format!("rename target `{}` is not a valid metric name", rename.to));
-            }
             match &rename.matcher {
                 NameMatch::Exact(from) => {
                     exact_renames.entry(from.clone()).or_insert_with(|| rename.to.clone());

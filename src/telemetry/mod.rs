@@ -156,7 +156,10 @@ impl Engine {
     /// Validates `config` and builds the engine. `node` looks up Envoy node metadata
     /// (`key`, optional struct `field`); it is called only here, never per request.
     pub fn new(config: &PluginConfig, node: &NodeLookup<'_>) -> Result<Engine, ConfigError> {
-        crate::validate::plugin_config(config).map_err(ConfigError)?;
+        let errors = crate::validate::plugin_config(config);
+        if !errors.is_empty() {
+            return Err(ConfigError(crate::validate::summary(&errors)));
+        }
         Ok(Self::with_routes(config, Self::routes(config)?, node))
     }
 

@@ -489,11 +489,11 @@ fn a_migration_to_an_unknown_name_is_refused() {
     let mut config = migrating_config();
     config.migrations[0].new = "nope_total".into();
     let error = Engine::new(&config, &node).err().expect("refused");
-    assert!(error.0.contains("`nope_total` is not one of the contract's traffic metrics"), "{error}");
+    assert!(error.0.contains("migrations[0].new: `nope_total` is not a traffic metric of this contract"), "{error}");
     let mut config = migrating_config();
     config.migrations[3].old = "code".into();
     let error = Engine::new(&config, &node).err().expect("refused");
-    assert!(error.0.contains("label `code` is both a label and a migrated label's old name"), "{error}");
+    assert!(error.0.contains("migrations[3].old: `code` is still a label of this contract"), "{error}");
 }
 
 struct CutShort(Resp);

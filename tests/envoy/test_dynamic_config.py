@@ -151,8 +151,7 @@ def test_ecds_update_the_filter_refuses_is_rejected_and_the_running_contract_kee
         bad_updates = [
             ("{not json", "metricpact: refusing to start: invalid plugin configuration: key must be a string"),
             (v1.replace('"name":"k8s_pod_name"', '"name":"pod"'),
-             "metricpact: refusing to start: invalid plugin configuration: "
-             "label `pod` collides with the `pod` target label"),
+             "metricpact: refusing to start: invalid plugin configuration: labels[2].name: label-conflict"),
             ("", "metricpact: refusing to start: no plugin configuration"),
         ]
         for n, (plugin_config, refusal) in enumerate(bad_updates, start=1):

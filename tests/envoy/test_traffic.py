@@ -1,6 +1,7 @@
 """The real metricpact.wasm in a real Envoy: requests through the listener are counted, timed
 and tracked in flight, labelled per contract, and scraped from /stats/prometheus."""
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -280,7 +281,45 @@ def test_invalid_semantics_are_refused_too(workdir, upstream):
     with envoy:
         envoy.proc.wait(timeout=30)
     assert envoy.proc.returncode != 0
-    assert "label `pod` collides with the `pod` target label" in envoy.log_text()
+    # The validator's field and rule (the module carries no messages: `check` explains them).
+    # Every broken rule in one line: the renamed label is also gone from the in-flight gauge's labels.
+    assert ("metricpact: refusing to start: invalid plugin configuration: labels[6].name: label-conflict; "
+            "active_requests.labels[2]: active-label-unknown (`metricpact check CONTRACT` explains each at its line)"
+            ) in envoy.log_text()
+
+
+def _mutated(plugin_config, change):
+    config = json.loads(plugin_config)
+    change(config)
+    return json.dumps(config)
+
+
+@pytest.mark.parametrize("change, refusal", [
+    # Rules the filter did not apply before it shared `check`'s validator (each was accepted).
+    (lambda c: c.update(max_value_length=2000), "max_value_length: range"),
+    (lambda c: c["routes"].update(raw_max_length=0), "routes.raw_max_length: range"),
+    (lambda c: c["routes"]["rules"].append({"match": {"kind": "regex", "value": "(?x)/a #"}, "template": "/a"}),
+     "routes.rules[7].match: route-regex"),
+    (lambda c: c["exposition"]["rename_metrics"].append(
+        {"match": {"kind": "regex", "value": "orders_(.*)"}, "to": "app-$1"}),
+     "exposition.rename_metrics[3].to: rename-template-name"),
+    (lambda c: c["exposition"].setdefault("migrations", []).extend([
+        {"kind": "metric", "old": "a_total", "new": "b_total", "sunset": "2099-01-01", "sunset_unix": 4070908800},
+        {"kind": "metric", "old": "a_total", "new": "c_total", "sunset": "2099-01-01", "sunset_unix": 4070908800}]),
+     "exposition.migrations[1].old: migration-twice"),
+])
+def test_the_filter_refuses_what_check_refuses(workdir, upstream, change, refusal):
+    plugin_config, _ = compile_contract(ROOT / "contracts/rest-api.yaml")
+    broken = _mutated(plugin_config, change)
+    config = bootstrap(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
+                       http_filters=[wasm_http_filter(broken)], stats_config={}, node_metadata=ISTIO_NODE_METADATA)
+    envoy = Envoy(config, workdir, concurrency=1, expect_start=False)
+    with envoy:
+        envoy.proc.wait(timeout=30)
+    assert envoy.proc.returncode != 0
+    lines = [line for line in envoy.log_text().splitlines() if "metricpact: refusing to start" in line]
+    assert len(lines) == 1, envoy.log_text()[-2000:]
+    assert f"invalid plugin configuration: {refusal} (`metricpact check CONTRACT` explains each at its line)" in lines[0]
 
 
 def test_every_shipped_contract_runs_in_envoy(workdir, upstream):
