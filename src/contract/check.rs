@@ -35,8 +35,11 @@ pub fn check(file: &File, contract: &Contract) -> (PluginConfig, Deployment, Vec
         if checker.refused.iter().any(|p| under(&e.path, p)) {
             continue;
         }
+        // The validator's findings carry its rule id, as rustc's coded errors do.
         let at = checker.locate(&e.path);
-        checker.error(&at, e.message);
+        let mut finding = checker.file.diagnostic(&at, Severity::Error, e.message);
+        finding.rule = Some(e.rule);
+        checker.diags.push(finding);
     }
     let deployment = super::deploy::lower(contract, &config, &mut checker);
     let mut diags = checker.diags;
@@ -345,7 +348,16 @@ impl Checker<'_> {
                 let def = d.as_ref().map(|d| &d.value);
                 let name = self.metric_name("active_requests.name", def.and_then(|d| d.name.as_ref()), DEFAULT_ACTIVE_NAME);
                 let names = match def.and_then(|d| d.labels.as_ref()) {
-                    None => labels.iter().filter(|l| !l.sources.iter().any(Source::is_response_side)).map(|l| l.name.clone()).collect(),
+                    // Every request-side label, each once (a label defined twice is reported there).
+                    None => {
+                        let mut names: Vec<String> = Vec::new();
+                        for l in labels.iter().filter(|l| !l.sources.iter().any(Source::is_response_side)) {
+                            if !names.contains(&l.name) {
+                                names.push(l.name.clone());
+                            }
+                        }
+                        names
+                    }
                     Some(list) => {
                         for (j, n) in list.iter().enumerate() {
                             self.origin(format!("active_requests.labels[{j}]"), &n.referenced);

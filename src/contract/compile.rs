@@ -33,16 +33,18 @@ pub fn compile_file(path: &Path) -> Compiled {
 
 pub fn compile_source(source: &Source) -> Compiled {
     let parsed = source.parse();
-    let Some(contract) = parsed.contract else {
+    let Some(contract) = &parsed.contract else {
         return Compiled { config: None, deployment: Deployment::default(), diagnostics: parsed.diagnostics, unreadable: false };
     };
-    let (mut config, mut deployment, semantic) = check(source, &contract);
+    let (mut config, mut deployment, semantic) = check(source, contract);
+    // Read without its structural problems, the rest of the file still gets its semantic errors
+    // (not those that only follow from a wrong value left out); its warnings wait for a whole
+    // file (one may be about a default standing in for a section that was left out).
+    let partial = !parsed.diagnostics.is_empty();
+    let semantic: Vec<Diagnostic> =
+        semantic.into_iter().filter(|d| !partial || (d.severity == Severity::Error && parsed.reliable(d.line, d.column))).collect();
     let mut diagnostics = parsed.diagnostics;
-    // Read without its structural problems, the rest of the file still gets its semantic errors;
-    // its warnings wait for a whole file (one may be about a default standing in for a section
-    // that was left out).
-    let partial = !diagnostics.is_empty();
-    diagnostics.extend(semantic.into_iter().filter(|d| !partial || d.severity == Severity::Error));
+    diagnostics.extend(semantic);
     diagnostics.sort_by_key(|d| (d.line, d.column));
     let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
     config.contract.hash = contract_hash(&config);

@@ -11,6 +11,16 @@ use super::{shape, yaml};
 pub struct Parsed {
     pub contract: Option<Contract>,
     pub diagnostics: Vec<Diagnostic>,
+    /// (line, column) ranges where findings about the partially read contract would only be
+    /// consequences of leaving a wrong value out.
+    pub unreliable: Vec<((u32, u32), (u32, u32))>,
+}
+
+impl Parsed {
+    /// Whether a finding at `line:column` of the partially read contract can be trusted.
+    pub fn reliable(&self, line: u32, column: u32) -> bool {
+        !self.unreliable.iter().any(|&(start, end)| (line, column) >= start && (line, column) <= end)
+    }
 }
 
 pub use super::findings::Severity;
@@ -46,19 +56,24 @@ impl Source {
     /// offending entries can be left out, so the semantic checks run on the rest of the file.
     pub fn parse(&self) -> Parsed {
         let first = match serde_saphyr::from_str::<Contract>(&self.text) {
-            Ok(contract) => return Parsed { contract: Some(contract), diagnostics: Vec::new() },
+            Ok(contract) => return Parsed { contract: Some(contract), diagnostics: Vec::new(), unreliable: Vec::new() },
             Err(e) => self.serde_diagnostic(&e),
         };
         let root = match yaml::parse(&self.text) {
             Ok(Some(root)) => root,
-            // A syntax error (or an empty file): serde's message says it as well as anything.
-            _ => return Parsed { contract: None, diagnostics: vec![first] },
+            // A syntax error: the YAML parser's own words ("did not find expected ',' or ']'"),
+            // which say more than serde's.
+            Err(e) => {
+                let d = Diagnostic::at(self.path.clone(), e.at.line, e.at.column, Severity::Error, e.message);
+                return Parsed { contract: None, diagnostics: vec![d], unreliable: Vec::new() };
+            }
+            Ok(None) => return Parsed { contract: None, diagnostics: vec![first], unreliable: Vec::new() },
         };
         let problems = shape::check(&root, &model::json_schema(), &self.text);
         if problems.is_empty() {
-            return Parsed { contract: None, diagnostics: vec![first] };
+            return Parsed { contract: None, diagnostics: vec![first], unreliable: Vec::new() };
         }
-        let mut diagnostics: Vec<Diagnostic> = problems
+        let diagnostics: Vec<Diagnostic> = problems
             .iter()
             .map(|p| Diagnostic::at(self.path.clone(), p.at.line, p.at.column, Severity::Error, p.message.clone()))
             .collect();
@@ -73,16 +88,13 @@ impl Source {
             let text = String::from_utf8(text).expect("blanking keeps UTF-8");
             match serde_saphyr::from_str::<Contract>(&text) {
                 Ok(c) => contract = Some(c),
-                Err(e) => {
-                    // Something the shape pass did not see: say it too, once.
-                    let d = self.serde_diagnostic(&e);
-                    if !diagnostics.iter().any(|x| (x.line, x.column) == (d.line, d.column)) {
-                        diagnostics.push(d);
-                    }
-                }
+                // Something the shape pass did not see, or what leaving the entries out did to
+                // the file: the problems above are reported alone, the rest comes once they are fixed.
+                Err(_) => {}
             }
         }
-        Parsed { contract, diagnostics }
+        let unreliable = problems.iter().filter_map(|p| p.scope).map(|(s, e)| ((s.line, s.column), (e.line, e.column))).collect();
+        Parsed { contract, diagnostics, unreliable }
     }
 
     fn serde_diagnostic(&self, e: &serde_saphyr::Error) -> Diagnostic {

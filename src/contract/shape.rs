@@ -21,12 +21,16 @@ pub struct Problem {
     /// Bytes that can be blanked out (an unknown key's entry, an optional value of the wrong kind)
     /// leaving a file serde reads without this problem; `None` when nothing can be removed.
     pub blank: Option<(usize, usize)>,
+    /// For a value that was there but of the wrong kind: the part of the file whose meaning
+    /// changes once it is blanked (the mapping holding it; the whole file for a list item), where
+    /// the semantic checks' findings would be consequences of the blanking, not of the file.
+    pub scope: Option<(Pos, Pos)>,
 }
 
 /// Walks `root` against `schema`; the problems in file order.
 pub fn check(root: &Node, schema: &Schema, text: &str) -> Vec<Problem> {
     let defs = schema.get("$defs").and_then(Schema::as_object).cloned().unwrap_or_default();
-    let mut walker = Walker { defs: &defs, text, problems: Vec::new() };
+    let mut walker = Walker { defs: &defs, text, problems: Vec::new(), emptied: false };
     walker.walk(root, schema, "", None, None);
     walker.problems.sort_by_key(|p| p.at);
     walker.problems
@@ -36,6 +40,9 @@ struct Walker<'s> {
     defs: &'s Map<String, Schema>,
     text: &'s str,
     problems: Vec<Problem>,
+    /// Set by a mapping every entry of which is blanked out: left empty it would be null, which
+    /// serde refuses, so the entry holding it goes instead.
+    emptied: bool,
 }
 
 /// A short example of each mapping people write, for "must be a mapping like …".
@@ -70,7 +77,7 @@ fn example(def: &str, found: Option<&str>) -> Option<String> {
 
 impl Walker<'_> {
     fn problem(&mut self, node: &Node, path: &str, message: String, blank: Option<(usize, usize)>) {
-        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank });
+        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: None });
     }
 
     /// A block list item with its `- `, which can be blanked (a flow list's item cannot: its
@@ -118,7 +125,15 @@ impl Walker<'_> {
                 let item_schema = schema.get("items").cloned().unwrap_or(Schema::Bool(true));
                 for (i, item) in items.iter().enumerate() {
                     let whole = self.list_item(item);
+                    let before = self.problems.len();
                     self.walk(item, &item_schema, &format!("{path}[{i}]"), None, whole);
+                    // Without the item, later ones move up and what names it is dangling: no
+                    // semantic finding can be trusted.
+                    for p in &mut self.problems[before..] {
+                        if p.blank == whole && whole.is_some() {
+                            p.scope = Some((Pos::default(), Pos { line: u32::MAX, column: u32::MAX, offset: usize::MAX }));
+                        }
+                    }
                 }
             }
             "integer" | "number" => self.range(node, schema, path, entry),
@@ -134,7 +149,7 @@ impl Walker<'_> {
         }
         // The alternative whose kind of value this node is: its problems are the node's.
         for alternative in &alternatives {
-            let mut trial = Walker { defs: self.defs, text: self.text, problems: Vec::new() };
+            let mut trial = Walker { defs: self.defs, text: self.text, problems: Vec::new(), emptied: false };
             trial.walk(node, alternative, path, def, entry);
             let kind_fits = trial.problems.iter().all(|p| p.path != path || p.at != node.start);
             if trial.problems.is_empty() || (kind_fits && alternatives.len() > 1) {
@@ -160,6 +175,7 @@ impl Walker<'_> {
         let properties = schema.get("properties").and_then(Schema::as_object).unwrap_or(&empty);
         let additional = schema.get("additionalProperties");
         let mut seen: Vec<&str> = Vec::new();
+        let mut removed = 0;
         for (key, value) in entries {
             // Every spelling of null is the same key to serde.
             let Some(name) = (if key.is_null() { Some("~") } else { key.scalar() }) else {
@@ -173,21 +189,45 @@ impl Walker<'_> {
             let whole = Some((key.start.offset, value.end.offset.max(key.end.offset)));
             if seen.contains(&name) {
                 self.problem(key, &child, format!("duplicate key `{name}`; each key may appear once"), whole);
+                removed += 1;
                 continue;
             }
             seen.push(name);
+            let before = self.problems.len();
             if let Some(property) = properties.get(name) {
                 let optional = !required(schema).contains(&name);
                 self.walk(value, property, &child, None, if optional { whole } else { None });
             } else if let Some(extra) = additional.filter(|a| a.is_object()) {
                 self.walk(value, extra, &child, None, whole);
+            }
+            // Left empty by its blanked entries, the value goes whole.
+            if std::mem::take(&mut self.emptied) && whole.is_some() {
+                for p in &mut self.problems[before..] {
+                    p.blank = whole;
+                    // Its own findings would follow from its defaults; the rest stands.
+                    p.scope = Some((value.start, value.end));
+                }
+            }
+            // A wrong value blanked out changes what its mapping means.
+            for p in &mut self.problems[before..] {
+                if p.blank == whole && p.scope.is_none() {
+                    p.scope = Some((node.start, node.end));
+                }
+            }
+            if self.problems[before..].iter().any(|p| p.blank == whole && whole.is_some()) {
+                removed += 1;
+            }
+            if properties.contains_key(name) || additional.is_some_and(|a| a.is_object()) {
+                continue;
             } else if additional.is_some_and(|a| a == &Schema::Bool(false)) {
                 let keys: Vec<&str> = properties.keys().map(String::as_str).collect();
                 let hint = suggest::hint(name, keys.iter().copied());
                 let message = format!("unknown key `{name}` in {}{hint} (valid keys: {})", field(path), keys.join(", "));
                 self.problem(key, &child, message, whole);
+                removed += 1;
             }
         }
+        self.emptied = removed > 0 && removed == entries.len();
         for name in required(schema) {
             if !seen.contains(&name) && !entries.iter().any(|(k, _)| k.scalar() == Some("<<")) {
                 let about = properties

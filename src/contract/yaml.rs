@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle};
+use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, StructureStyle};
 
 /// A position in the file: 1-based line and column (in characters), and the byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -148,11 +148,18 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                 let plain = style == ScalarStyle::Plain;
                 builder.node(Node { value: Value::Scalar { text: value.into_owned(), plain }, start, end }, anchor);
             }
-            Event::SequenceStart(_, anchor, _) => builder.stack.push(Open { value: Value::Seq(Vec::new()), start, anchor, key: None }),
-            Event::MappingStart(_, anchor, _) => builder.stack.push(Open { value: Value::Map(Vec::new()), start, anchor, key: None }),
+            Event::SequenceStart(style, anchor, _) => {
+                builder.stack.push(Open { value: Value::Seq(Vec::new()), start, anchor, key: None, flow: style == StructureStyle::Flow })
+            }
+            Event::MappingStart(style, anchor, _) => {
+                builder.stack.push(Open { value: Value::Map(Vec::new()), start, anchor, key: None, flow: style == StructureStyle::Flow })
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let open = builder.stack.pop().expect("the parser balances collections");
+                // A flow collection ends with its bracket; a block one with its last child (its end
+                // event stands where the next key begins).
                 let end = match &open.value {
+                    _ if open.flow => end,
                     Value::Seq(items) => items.last().map_or(end, |n| n.end),
                     Value::Map(entries) => entries.last().map_or(end, |(_, v)| v.end),
                     Value::Scalar { .. } => end,
@@ -177,6 +184,8 @@ struct Open {
     anchor: usize,
     /// In a mapping: the key read, waiting for its value.
     key: Option<Node>,
+    /// Written `[…]`/`{…}`.
+    flow: bool,
 }
 
 struct Builder {

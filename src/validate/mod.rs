@@ -44,6 +44,63 @@ macro_rules! broken {
 }
 use broken;
 
+/// The id of every rule (a [`ConfigError`]'s `rule`; tests/check has a case for each).
+pub const RULES: &[&str] = &[
+    // traffic.rs
+    "labels-too-many",
+    "label-name",
+    "label-duplicate",
+    "label-conflict",
+    "label-no-source",
+    "label-sources-mixed",
+    "label-values-empty",
+    "label-value-duplicate",
+    "label-value-characters",
+    "metric-name",
+    "metric-name-self",
+    "metric-name-twice",
+    "counter-total",
+    "histogram-unit",
+    "histogram-suffix",
+    "buckets-empty",
+    "bucket-bound",
+    "buckets-increasing",
+    "gauge-total",
+    "active-label-unknown",
+    "active-label-response",
+    "active-label-duplicate",
+    "methods-empty",
+    "method-token",
+    "method-duplicate",
+    "route-absolute",
+    "route-regex",
+    "route-template",
+    "route-regexes-size",
+    "migration-old-name",
+    "migration-to-itself",
+    "migration-twice",
+    "migration-old-current",
+    "migration-new-unknown",
+    "migration-label-conflict",
+    // exposition.rs
+    "exposition-paths-empty",
+    "exposition-path",
+    "regex",
+    "rename-target-name",
+    "rename-counter-total",
+    "rename-template-capture",
+    "rename-template-name",
+    "exposition-label-name",
+    "exposition-label-reserved",
+    "rename-label-twice",
+    "value-map-shape",
+    "inject-target-label",
+    "inject-source",
+    "require-name",
+    // mod.rs
+    "range",
+];
+
 /// Every rule `config` breaks, in the order of its fields.
 pub fn plugin_config(config: &PluginConfig) -> Vec<ConfigError> {
     let mut errors = Errors(Vec::new());
