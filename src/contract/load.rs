@@ -86,12 +86,10 @@ impl Source {
                 blank(&mut text, start, end);
             }
             let text = String::from_utf8(text).expect("blanking keeps UTF-8");
-            match serde_saphyr::from_str::<Contract>(&text) {
-                Ok(c) => contract = Some(c),
-                // Something the shape pass did not see, or what leaving the entries out did to
-                // the file: the problems above are reported alone, the rest comes once they are fixed.
-                Err(_) => {}
-            }
+            // If it still does not read (something the shape pass did not see, or what leaving
+            // the entries out did to the file), the problems above are reported alone and the
+            // rest comes once they are fixed.
+            contract = serde_saphyr::from_str::<Contract>(&text).ok();
         }
         let unreliable = problems.iter().filter_map(|p| p.scope).map(|(s, e)| ((s.line, s.column), (e.line, e.column))).collect();
         Parsed { contract, diagnostics, unreliable }
