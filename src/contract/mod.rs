@@ -10,3 +10,4 @@ pub mod exposition;
 pub mod load;
 pub mod migrations;
 pub mod model;
+pub mod openapi;
