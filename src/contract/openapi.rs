@@ -32,8 +32,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 
-use super::load::{Diagnostic, Severity};
-use crate::config::{RouteMatch, RouteRule, RouteTable, Unmatched};
+use super::check::DEFAULT_RAW_MAX_LENGTH;
+use super::compile::compile_source;
+use super::load::{Diagnostic, Severity, Source};
+use crate::config::{PluginConfig, RouteMatch, RouteRule, RouteTable, Unmatched};
 use crate::routes::{route_text, RouteMatcher};
 
 /// Operation keys of a path item (`query` is OpenAPI 3.2's; Swagger 2.0 has no `trace`).
@@ -1188,11 +1190,61 @@ pub fn replace_routes_block(text: &str, block: &str) -> Result<String, String> {
     }
 }
 
+/// What `routes --contract` makes of a contract.
+#[derive(Debug)]
+pub struct Update {
+    /// The contract's text with the new `routes:` block.
+    pub text: String,
+    /// The old block's rules the new one lacks, e.g. ``prefix: /static/` → `/static/*``.
+    pub dropped: Vec<String>,
+}
+
+/// The contract `source` (which checks clean and compiles to `config`) with a `routes:` block
+/// made from `spec` (`shown` names it in the block's comment), keeping the contract's
+/// `unmatched` and `raw_max_length`. The result is checked again: `Err` holds the diagnostics of
+/// the contract as it would be, so that a write never leaves a contract that does not check.
+pub fn update_contract(source: &Source, config: &PluginConfig, spec: &Spec, shown: &str) -> Result<Update, Vec<Diagnostic>> {
+    let old = &config.routes;
+    let raw_max_length = (old.raw_max_length != DEFAULT_RAW_MAX_LENGTH).then_some(old.raw_max_length);
+    let block = routes_block(spec, shown, old.unmatched, raw_max_length);
+    let text = replace_routes_block(&source.text, &block).map_err(|m| vec![diagnostic(&source.path, None, Severity::Error, m)])?;
+    let updated = Source { path: source.path.clone(), text };
+    let compiled = compile_source(&updated);
+    let Some(new) = compiled.config else { return Err(compiled.diagnostics) };
+    let describe = |rule: &RouteRule| {
+        let (kind, text) = match &rule.matcher {
+            RouteMatch::Exact(t) => ("exact", t),
+            RouteMatch::Prefix(t) => ("prefix", t),
+            RouteMatch::Regex(t) => ("regex", t),
+        };
+        format!("`{kind}: {text}` → `{}`", rule.template)
+    };
+    let dropped = old.rules.iter().filter(|r| !new.routes.rules.contains(r)).map(describe).collect();
+    Ok(Update { text: updated.text, dropped })
+}
+
+/// Writes `text` over the file at `path` (through a symlink) by renaming a new file over it,
+/// so that the file is either the old contract or the new one, never a part of it.
+pub fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
+    let target = std::fs::canonicalize(path)?;
+    let permissions = std::fs::metadata(&target)?.permissions();
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = target.with_file_name(format!(".{name}.metricpact-{}", std::process::id()));
+    let written = std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::set_permissions(&temporary, permissions))
+        .and_then(|()| std::fs::rename(&temporary, &target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
 // ---------------------------------------------------------------- coverage
 
-/// `check --openapi`: an error for every example request of the document (one per operation,
-/// server-variable value and base path) that `routes` does not route to its own template, at
-/// the document's path key; the document's own warnings are the caller's to print once.
+/// `check --openapi`: an error for every path of the document (per base path) with an example
+/// request (one per operation and server-variable value) that `routes` does not route to the
+/// path's own template, at the path's key, in document order. The document's own warnings are
+/// the caller's to report, once.
 pub fn coverage(spec: &Spec, contract: &Path, routes: &RouteTable) -> Vec<Diagnostic> {
     let matcher = match RouteMatcher::new(&routes.rules) {
         Ok(m) => m,
@@ -1203,32 +1255,38 @@ pub fn coverage(spec: &Spec, contract: &Path, routes: &RouteTable) -> Vec<Diagno
     };
     let mut out = Vec::new();
     for route in &spec.routes {
-        for example in &route.examples {
+        let mut astray = route.examples.iter().filter_map(|example| {
             let got = route_text(&matcher, &example.path);
-            if got.as_deref() == Some(example.route.as_str()) {
-                continue;
-            }
-            let got = match (got, routes.unmatched) {
-                (Some(template), _) => format!("to `{template}`"),
-                (None, Unmatched::Other) => "to `_OTHER` (no rule matches)".into(),
-                (None, Unmatched::Raw) => "to its raw path (no rule matches; `unmatched: raw`)".into(),
-            };
-            out.push(Diagnostic {
-                file: spec.file.clone(),
-                line: route.line,
-                column: route.column,
-                severity: Severity::Error,
-                message: format!(
-                    "{} {}: {} routes `{}` {got}, not `{}`",
-                    example.methods.join(", "),
-                    route.path,
-                    contract.display(),
-                    example.path,
-                    example.route
-                ),
-            });
-        }
+            (got.as_deref() != Some(example.route.as_str())).then(|| (example, got.map(|g| g.into_owned())))
+        });
+        let Some((example, got)) = astray.next() else { continue };
+        let got = match (got, routes.unmatched) {
+            (Some(template), _) => format!("to `{template}`"),
+            (None, Unmatched::Other) => "to `_OTHER` (no rule matches)".into(),
+            (None, Unmatched::Raw) => "to its raw path (no rule matches; `unmatched: raw`)".into(),
+        };
+        let more = match astray.count() {
+            0 => String::new(),
+            1 => " (and 1 more example request of this path)".into(),
+            n => format!(" (and {n} more example requests of this path)"),
+        };
+        out.push(Diagnostic {
+            file: spec.file.clone(),
+            line: route.line,
+            column: route.column,
+            severity: Severity::Error,
+            message: format!(
+                "{} {}: {} routes `{}` {got}, not `{}`{more}",
+                example.methods.join(", "),
+                route.path,
+                contract.display(),
+                example.path,
+                example.route
+            ),
+        });
     }
+    // Rules are in match order; findings read best in the document's.
+    out.sort_by_key(|d| (d.line, d.column));
     out
 }
 

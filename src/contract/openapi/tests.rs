@@ -1,8 +1,6 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::contract::compile::compile_source;
-use crate::contract::load::Source;
 
 const DATA: &str = "tests/data/openapi";
 const SPECS: &[&str] = &["issues-api.yaml", "store-api.json", "petstore-swagger.yaml"];
@@ -451,12 +449,19 @@ fn coverage_names_each_request_the_contract_routes_elsewhere() {
     assert_eq!(
         found,
         [
-            // /users/me comes first (rule order): the contract's regex takes it before its exact rule.
-            "api.yaml:8:3: error: GET /users/me: c.yaml routes `/api/users/me` to `/api/users/{userId}`, not `/api/users/me`",
             "api.yaml:5:3: error: GET, DELETE /users/{id}: c.yaml routes `/api/users/id-1` to `/api/users/{userId}`, not `/api/users/{id}`",
+            // The contract's regex comes first and takes /users/me before its exact rule.
+            "api.yaml:8:3: error: GET /users/me: c.yaml routes `/api/users/me` to `/api/users/{userId}`, not `/api/users/me`",
             "api.yaml:10:3: error: GET /orders: c.yaml routes `/api/orders` to `_OTHER` (no rule matches), not `/api/orders`",
         ]
     );
+    // One finding per path, however many of its example requests go astray.
+    let versioned = spec(&format!(
+        "{HEAD}servers: [{{url: '/{{v}}', variables: {{v: {{default: v1, enum: [v1, v2, v3]}}}}}}]\npaths:\n  /a:\n    get: {{}}\n"
+    ));
+    let v1_only = RouteTable { rules: vec![RouteRule { matcher: RouteMatch::Exact("/v1/a".into()), template: "/v1/a".into() }], unmatched: Unmatched::Other, raw_max_length: 64 };
+    let found: Vec<String> = coverage(&versioned, Path::new("c.yaml"), &v1_only).iter().map(|d| d.message.clone()).collect();
+    assert_eq!(found, ["GET /a: c.yaml routes `/v2/a` to `_OTHER` (no rule matches), not `/v2/a` (and 1 more example request of this path)"]);
     let raw = coverage(&s, Path::new("c.yaml"), &table(Unmatched::Raw));
     assert_eq!(raw[2].message, "GET /orders: c.yaml routes `/api/orders` to its raw path (no rule matches; `unmatched: raw`), not `/api/orders`");
 }
