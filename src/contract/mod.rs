@@ -1,5 +1,6 @@
 //! Contracts: the YAML people edit (`model`), loading it with positions (`load`), checking it
-//! (`check`) and compiling it to the filter's plugin configuration (`compile`). Native-only.
+//! (`check`) and compiling it to the filter's plugin configuration (`compile`); route rules from
+//! an OpenAPI document (`openapi`). Native-only.
 
 pub mod check;
 pub mod compile;
