@@ -46,7 +46,8 @@ const UUID: &str = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-
 const UUID_EXAMPLE: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
 /// `$ref` chains longer than this are taken for cycles.
 const MAX_REF_HOPS: usize = 32;
-/// Deepest nesting read, and the parser's stack, enough for it in a debug build.
+/// The deepest nesting a document may have, and the parser thread's stack: enough for that
+/// depth in a debug build (the stack is reserved, not used, until a document is that deep).
 const MAX_DEPTH: usize = 256;
 const PARSE_STACK_BYTES: usize = 64 << 20;
 /// A path item given as `null`, or one behind a `$ref` that is not followed.
@@ -113,7 +114,8 @@ impl Spec {
 }
 
 /// A diagnostic about a document as the `routes` command prints it: `file:line:col: …`, or
-/// `file: …` when the position is unknown (a document only `serde_json` could read).
+/// `file: …` when there is no position (a problem of the whole document, or of one only
+/// `serde_json` could read).
 pub struct Shown<'a>(pub &'a Diagnostic);
 
 impl fmt::Display for Shown<'_> {
