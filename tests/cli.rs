@@ -323,7 +323,7 @@ fn every_command_has_help() {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .filter(|c| c != "help")
         .collect();
-    assert_eq!(listed, ["check", "compile", "envoy-stats", "render", "package", "schema", "verify", "diff", "rewrite"]);
+    assert_eq!(listed, ["check", "compile", "envoy-stats", "render", "package", "schema", "verify", "diff", "rewrite", "routes"]);
     assert!(stdout(&top).contains("Exit codes: 0 clean; 1 findings"), "{}", stdout(&top));
     for command in &listed {
         let out = metricpact(&[command, "--help"]);

@@ -38,6 +38,11 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         strict: bool,
+        /// Also check the routes against an OpenAPI 3.x or Swagger 2.0 document (YAML or JSON): an
+        /// error, at the document's path, for each operation whose example request the contract
+        /// does not route to that path's own template.
+        #[arg(long, value_name = "SPEC")]
+        openapi: Option<PathBuf>,
     },
     /// Print the plugin configuration JSON the filter consumes (Envoy `configuration` value).
     #[command(after_help = EXIT_CODES)]
@@ -128,6 +133,27 @@ enum Command {
         /// Values for node metadata sources of injected labels, KEY=VALUE or KEY.FIELD=VALUE.
         #[arg(long = "node", value_name = "KEY=VALUE")]
         node: Vec<String>,
+    },
+    /// Generate the `routes:` section from an OpenAPI 3.x or Swagger 2.0 document (YAML or JSON):
+    /// a rule per path whose template is the path template, literal segments before parameters.
+    /// Prints the section; with a CONTRACT, the contract with its `routes:` block replaced.
+    #[command(after_help = EXIT_CODES)]
+    Routes {
+        /// Contract file (YAML) whose `routes:` block to replace (or add): printed with the new
+        /// block (or written, with --write); its `unmatched` and `raw_max_length` are kept,
+        /// every other line stays as it is. Without it, only the block is printed.
+        #[arg(value_name = "CONTRACT")]
+        contract: Option<PathBuf>,
+        /// The same as the positional CONTRACT.
+        #[arg(long = "contract", value_name = "CONTRACT")]
+        contract_option: Option<PathBuf>,
+        /// The OpenAPI or Swagger document.
+        #[arg(long, value_name = "SPEC")]
+        openapi: PathBuf,
+        /// Write the contract in place, once it checks clean with the new block, instead of
+        /// printing it.
+        #[arg(long)]
+        write: bool,
     },
 }
 
@@ -258,13 +284,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli.command {
-        Command::Check { mut files, contract, format, strict } => {
+        Command::Check { mut files, contract, format, strict, openapi } => {
             files.extend(contract);
             let mut failed = false;
             let mut unreadable = false;
             let mut all = Vec::new();
+            // --openapi: the document is read once; one that cannot be used is unusable input (2).
+            let spec = openapi.as_deref().map(metricpact::contract::openapi::load);
+            if let Some(read) = &spec {
+                let found = match read {
+                    Ok(spec) => spec.warnings.clone(),
+                    Err(problems) => problems.clone(),
+                };
+                unreadable |= read.is_err();
+                failed |= found.iter().any(|d| d.severity == Severity::Error || (strict && d.severity == Severity::Warning));
+                all.extend(found);
+            }
             for file in &files {
-                let compiled = compile_file(file);
+                let mut compiled = compile_file(file);
+                if let (Some(Ok(spec)), Some(config)) = (&spec, &compiled.config) {
+                    compiled.diagnostics.extend(metricpact::contract::openapi::coverage(spec, file, &config.routes));
+                }
                 unreadable |= compiled.unreadable;
                 failed |= compiled
                     .diagnostics
@@ -301,6 +341,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rewrite { contract, file, content_type, node } => {
             let (contract, file) = contract.resolve(file)?;
             rewrite(&contract, file, content_type, &node, &mut out)
+        }
+        Command::Routes { contract, contract_option, openapi, write } => {
+            let contract = match (contract, contract_option) {
+                (Some(_), Some(_)) => anyhow::bail!("usage: the contract is given twice (positional and --contract)"),
+                (a, b) => a.or(b),
+            };
+            if write && contract.is_none() {
+                anyhow::bail!("usage: --write needs the contract to write");
+            }
+            routes(&openapi, contract.as_deref(), write, &mut out)
         }
         Command::EnvoyStats { contract } => {
             let config = match usable(compile_file(&contract.only()?)) {
@@ -522,6 +572,57 @@ fn rewrite(contract: &std::path::Path, file: Option<PathBuf>, content_type: Opti
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `routes`: the document's `routes:` section, or the contract with it (printed, or written).
+fn routes(spec: &std::path::Path, contract: Option<&std::path::Path>, write: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use metricpact::contract::load::Source;
+    use metricpact::contract::openapi;
+
+    let document = match openapi::load(spec) {
+        Ok(document) => document,
+        Err(problems) => {
+            problems.iter().for_each(|d| eprintln!("{d}"));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    document.warnings.iter().for_each(|d| eprintln!("{d}"));
+    let shown = spec.display().to_string();
+    let Some(contract) = contract else {
+        write!(out, "{}", openapi::routes_block(&document, &shown, metricpact::config::Unmatched::Other, None))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let source = match Source::read(contract) {
+        Ok(source) => source,
+        Err((d, unreadable)) => {
+            eprintln!("{d}");
+            return Ok(ExitCode::from(if unreadable { 2 } else { 1 }));
+        }
+    };
+    let config = match usable(metricpact::contract::compile::compile_source(&source)) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let update = match openapi::update_contract(&source, &config, &document, &shown) {
+        Ok(update) => update,
+        Err(problems) => {
+            problems.iter().for_each(|d| eprintln!("{d}"));
+            eprintln!("metricpact: {} left as it is: with the new routes block it would not check", contract.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for rule in &update.dropped {
+        eprintln!("metricpact: the new routes block has no rule {rule}: {} does not list that path", spec.display());
+    }
+    if !write {
+        write!(out, "{}", update.text)?;
+    } else if update.text == source.text {
+        eprintln!("metricpact: {} is up to date", contract.display());
+    } else {
+        openapi::write_in_place(contract, &update.text).map_err(|e| anyhow::anyhow!("{}: {e}", contract.display()))?;
+        eprintln!("metricpact: wrote {} route rules from {} to {}", document.routes.len(), spec.display(), contract.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {

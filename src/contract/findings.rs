@@ -39,14 +39,19 @@ impl Finding {
 }
 
 impl std::fmt::Display for Finding {
-    /// `file:line:col: error: message`, the compiler convention editors and CI logs link.
+    /// `file:line:col: error: message`, the compiler convention editors and CI logs link
+    /// (`file: error: message` without a position).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let word = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
             Severity::Notice => "notice",
         };
-        write!(f, "{}:{}:{}: {word}: {}", self.file.display(), self.line.max(1), self.column.max(1), self.message)
+        if self.line == 0 {
+            // No position to point at (a file that cannot be read): none made up.
+            return write!(f, "{}: {word}: {}", self.file.display(), self.message);
+        }
+        write!(f, "{}:{}:{}: {word}: {}", self.file.display(), self.line, self.column.max(1), self.message)
     }
 }
 

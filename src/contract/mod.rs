@@ -1,5 +1,6 @@
 //! Contracts: the YAML people edit (`model`), loading it with positions (`load`), checking it
-//! (`check`) and compiling it to the filter's plugin configuration (`compile`). Native-only.
+//! (`check`) and compiling it to the filter's plugin configuration (`compile`); route rules from
+//! an OpenAPI document (`openapi`). Native-only.
 
 pub mod check;
 pub mod compile;
@@ -11,6 +12,7 @@ pub mod findings;
 pub mod load;
 pub mod migrations;
 pub mod model;
+pub mod openapi;
 pub mod report;
 pub mod shape;
 pub mod sources;
