@@ -25,6 +25,8 @@ pub struct Problem {
     /// changes once it is blanked (the mapping holding it; the whole file for a list item), where
     /// the semantic checks' findings would be consequences of the blanking, not of the file.
     pub scope: Option<(Pos, Pos)>,
+    /// Whether leaving the value out changes more than the value (see `Walker::mismatch`).
+    consequential: bool,
 }
 
 /// Walks `root` against `schema`; the problems in file order.
@@ -77,7 +79,14 @@ fn example(def: &str, found: Option<&str>) -> Option<String> {
 
 impl Walker<'_> {
     fn problem(&mut self, node: &Node, path: &str, message: String, blank: Option<(usize, usize)>) {
-        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: None });
+        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: None, consequential: false });
+    }
+
+    /// A value of the wrong kind (a string for a mapping, a mapping for a source): left out, it
+    /// leaves its mapping without what it was meant to give (a bad choice or number falls back
+    /// to the default, and means nothing more).
+    fn mismatch(&mut self, node: &Node, path: &str, message: String, blank: Option<(usize, usize)>) {
+        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: None, consequential: true });
     }
 
     /// A block list item with its `- `, which can be blanked (a flow list's item cannot: its
@@ -116,6 +125,11 @@ impl Walker<'_> {
         let Some(&kind) = types.iter().find(|t| fits(t)) else {
             let expected = self.expected(schema, def, node.scalar());
             let message = format!("{} must be {expected}, found {}", field(path), node.describe());
+            // A scalar of the wrong kind falls back to its default; a missing mapping or list
+            // leaves its holder without what it was meant to give.
+            if types.iter().any(|t| matches!(*t, "object" | "array")) {
+                return self.mismatch(node, path, message, entry);
+            }
             return self.problem(node, path, message, entry);
         };
         match kind {
@@ -166,7 +180,7 @@ impl Walker<'_> {
             _ => alternatives.iter().map(|a| self.expected(a, def, None)).collect::<Vec<_>>().join(" or "),
         };
         let message = format!("{} must be {expected}, found {}", field(path), node.describe());
-        self.problem(node, path, message, entry);
+        self.mismatch(node, path, message, entry);
     }
 
     fn object(&mut self, node: &Node, schema: &Schema, path: &str) {
@@ -210,7 +224,7 @@ impl Walker<'_> {
             }
             // A wrong value blanked out changes what its mapping means.
             for p in &mut self.problems[before..] {
-                if p.blank == whole && p.scope.is_none() {
+                if p.blank == whole && p.scope.is_none() && p.consequential {
                     p.scope = Some((node.start, node.end));
                 }
             }
