@@ -411,18 +411,18 @@ impl PluginConfig {
         Ok(config)
     }
 
+    /// The traffic metrics' names (counter, histogram, gauge; those enabled).
+    pub fn traffic_metric_names(&self) -> Vec<&str> {
+        [self.requests.as_ref().map(|m| &m.name), self.duration.as_ref().map(|m| &m.name), self.active_requests.as_ref().map(|m| &m.name)]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect()
+    }
+
     /// Names of every metric the filter emits, self-metrics included.
     pub fn metric_names(&self) -> Vec<&str> {
-        let mut names = Vec::new();
-        if let Some(m) = &self.requests {
-            names.push(m.name.as_str());
-        }
-        if let Some(m) = &self.duration {
-            names.push(m.name.as_str());
-        }
-        if let Some(m) = &self.active_requests {
-            names.push(m.name.as_str());
-        }
+        let mut names = self.traffic_metric_names();
         names.extend(self.migrations.iter().filter(|m| m.kind == MigrationKind::Metric).map(|m| m.old.as_str()));
         names.extend(crate::telemetry::SELF_METRIC_NAMES);
         names

@@ -75,6 +75,11 @@ pub fn is_valid_metric_name(name: &str) -> bool {
     bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// An HTTP method token (RFC 9110 `token`).
+pub fn is_http_token(method: &str) -> bool {
+    !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Whether `name` is a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`, not `__`-prefixed).
 pub fn is_valid_label_name(name: &str) -> bool {
     is_valid_metric_name(name) && !name.starts_with("__")

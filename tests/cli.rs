@@ -213,7 +213,7 @@ fn compile_refuses_a_broken_contract() {
     let out = metricpact(&["compile", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":6:11: error:"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":6:11: error[counter-total]: counter `http_requests` must end in `_total`"));
 }
 
 #[test]

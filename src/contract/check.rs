@@ -1,6 +1,9 @@
-//! Every semantic check on a contract, collected (not stopping at the first), each at the
-//! `line:col` of the value it concerns. Checking and lowering happen in one pass: the result is
-//! the plugin configuration the contract means, valid only when no error was reported.
+//! The semantic checks of a contract, collected (not stopping at the first), each at the
+//! `line:col` of the value it concerns. The contract is lowered to the plugin configuration it
+//! means (recording which YAML each field came from) with the checks that need the YAML itself;
+//! then the validator the filter runs (`crate::validate`) judges the configuration, and each of
+//! its errors is reported at its field's origin. The configuration is valid only when no error
+//! was reported.
 
 use serde_saphyr::{Location, Spanned};
 
@@ -60,7 +63,7 @@ impl Report for Checker<'_> {
         Checker::warn(self, at, message);
     }
     fn origin(&mut self, path: String, at: &Location) {
-        self.origins.push((path, *at));
+        Checker::origin(self, path, at);
     }
     fn refused(&mut self, path: String) {
         self.refused.push(path);
@@ -220,24 +223,26 @@ impl Checker<'_> {
         self.origin("labels", &defs.referenced);
         let mut specs = Vec::new();
         for def in &defs.value {
-            if let Some(spec) = self.label(def, specs.len(), max_values_default) {
-                specs.push(spec);
-            }
+            specs.push(self.label(def, specs.len(), max_values_default));
         }
         specs
     }
 
     /// The label lowered as configuration item `index`.
-    fn label(&mut self, def: &LabelDef, index: usize, max_values_default: u32) -> Option<LabelSpec> {
+    fn label(&mut self, def: &LabelDef, index: usize, max_values_default: u32) -> LabelSpec {
         let at = format!("labels[{index}]");
+        // A label whose sources are refused still goes into the configuration (without them), so
+        // the validator judges its name, its values and the labels around it.
         let sources = match (&def.from, &def.value) {
             (Some(_), Some(value)) => {
                 self.error(&value.referenced, format!("label `{}` has both `from` and `value`; keep one", def.name.value));
-                return None;
+                Report::refused(self, format!("{at}.sources"));
+                Vec::new()
             }
             (None, None) => {
                 self.error(&def.name.referenced, format!("label `{}` needs `from: SOURCE` or `value: CONSTANT`", def.name.value));
-                return None;
+                Report::refused(self, format!("{at}.sources"));
+                Vec::new()
             }
             (None, Some(value)) => {
                 self.origin(format!("{at}.sources"), &value.referenced);
@@ -248,7 +253,7 @@ impl Checker<'_> {
                 let texts = from.value.sources();
                 if texts.is_empty() {
                     self.error(&from.referenced, "`from` lists no source");
-                    return None;
+                    Report::refused(self, format!("{at}.sources"));
                 }
                 let mut sources = Vec::new();
                 for text in &texts {
@@ -256,7 +261,7 @@ impl Checker<'_> {
                         Ok(source) => sources.push(source),
                         Err(message) => {
                             self.error(&from.referenced, message);
-                            self.refused.push(format!("{at}.sources"));
+                            Report::refused(self, format!("{at}.sources"));
                         }
                     }
                 }
@@ -287,13 +292,13 @@ impl Checker<'_> {
             }
             values.value.iter().map(|v| v.value.clone()).collect()
         });
-        Some(LabelSpec {
+        LabelSpec {
             name: def.name.value.clone(),
             sources,
             default: def.default.as_ref().map(|d| d.value.clone()).unwrap_or_default(),
             max_values,
             allowed,
-        })
+        }
     }
 
     /// A metric's name as written, or its default; `path` is its configuration field.
@@ -324,7 +329,7 @@ impl Checker<'_> {
                     _ => DurationUnit::Milliseconds,
                 };
                 // A name that does not fit its unit is shown at the unit when the name is the default.
-                if let Some(u) = def.and_then(|d| d.unit.as_ref()) {
+                if let (Some(u), None) = (def.and_then(|d| d.unit.as_ref()), def.and_then(|d| d.name.as_ref())) {
                     self.origin("duration.name", &u.referenced);
                 }
                 let name = self.metric_name("duration.name", def.and_then(|d| d.name.as_ref()), DEFAULT_DURATION_NAME);
@@ -380,8 +385,7 @@ impl Checker<'_> {
         for (j, m) in list.value.iter().enumerate() {
             self.origin(format!("methods[{j}]"), &m.referenced);
             // Only for a method the validator accepts (a token, the first of its name).
-            let token = !m.value.is_empty() && m.value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if token && seen.insert(m.value.as_str()) && m.value.bytes().any(|b| b.is_ascii_lowercase()) {
+            if crate::names::is_http_token(&m.value) && seen.insert(m.value.as_str()) && m.value.bytes().any(|b| b.is_ascii_lowercase()) {
                 self.warn(&m.referenced, format!("methods are case-sensitive: `{}` will not match `{}`", m.value, m.value.to_ascii_uppercase()));
             }
         }
@@ -423,6 +427,10 @@ impl Checker<'_> {
                 }
             };
             let at = format!("routes.rules[{}]", rules.len());
+            if rules.is_empty() {
+                // The table as a whole (its regexes together too big): at its first rule.
+                self.origin("routes.rules", &rule.referenced);
+            }
             self.origin(at.clone(), &rule.referenced);
             self.origin(format!("{at}.match"), &text.referenced);
             if let Some(t) = &def.template {

@@ -95,9 +95,11 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report) -> Expositio
                 report.origin(at(&format!("map_values[{i}].regex")), &regex.referenced);
                 ValueMap { label: v.label.value.clone(), values: None, regex: Some(regex.value.clone()), to: Some(to.value.clone()) }
             }
+            // Still lowered (without its mapping), so the validator judges its label.
             _ => {
                 report.error(&m.referenced, "map_values needs `values: {old: new}`, or `regex` with `to`".into());
-                continue;
+                report.refused(at(&format!("map_values[{i}].values")));
+                ValueMap { label: v.label.value.clone(), values: None, regex: None, to: None }
             }
         };
         report.origin(at(&format!("map_values[{i}]")), &m.referenced);
@@ -125,7 +127,7 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report) -> Expositio
         for (name, kind) in &required_kinds {
             let applies = match &metrics {
                 None => true,
-                Some(patterns) => patterns.iter().any(|p| regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|r| r.is_match(name))),
+                Some(patterns) => patterns.iter().any(|p| regex::Regex::new(&crate::routes::anchored(p)).is_ok_and(|r| r.is_match(name))),
             };
             if applies && matches!(*kind, "gauge" | "info" | "stateset") {
                 report.error(
@@ -141,6 +143,9 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report) -> Expositio
     for i in d.inject_labels.iter().flatten() {
         let v = &i.value;
         let at_i = at(&format!("inject_labels[{}]", inject_labels.len()));
+        // A refused source still lowers the label (with an empty constant), so the validator
+        // judges its name.
+        let refused = Source::Constant { value: String::new() };
         let source = match (&v.from, &v.value) {
             (Some(from), None) => match parse_source(&from.value) {
                 Ok(s) => {
@@ -149,13 +154,15 @@ pub fn lower(def: &Spanned<ExpositionDef>, report: &mut dyn Report) -> Expositio
                 }
                 Err(m) => {
                     report.error(&from.referenced, m);
-                    continue;
+                    report.refused(format!("{at_i}.source"));
+                    refused
                 }
             },
             (None, Some(value)) => Source::Constant { value: value.value.clone() },
             _ => {
                 report.error(&i.referenced, "inject_labels needs exactly one of `from` or `value`".into());
-                continue;
+                report.refused(format!("{at_i}.source"));
+                refused
             }
         };
         report.origin(at_i.clone(), &i.referenced);

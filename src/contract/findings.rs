@@ -47,11 +47,12 @@ impl std::fmt::Display for Finding {
             Severity::Warning => "warning",
             Severity::Notice => "notice",
         };
+        let rule = self.rule.map(|r| format!("[{r}]")).unwrap_or_default();
         if self.line == 0 {
             // No position to point at (a file that cannot be read): none made up.
-            return write!(f, "{}: {word}: {}", self.file.display(), self.message);
+            return write!(f, "{}: {word}{rule}: {}", self.file.display(), self.message);
         }
-        write!(f, "{}:{}:{}: {word}: {}", self.file.display(), self.line, self.column.max(1), self.message)
+        write!(f, "{}:{}:{}: {word}{rule}: {}", self.file.display(), self.line, self.column.max(1), self.message)
     }
 }
 

@@ -91,7 +91,7 @@ impl Source {
             // rest comes once they are fixed.
             contract = serde_saphyr::from_str::<Contract>(&text).ok();
         }
-        let unreliable = problems.iter().filter_map(|p| p.scope).map(|(s, e)| ((s.line, s.column), (e.line, e.column))).collect();
+        let unreliable = problems.iter().flat_map(|p| p.scope.iter()).map(|(s, e)| ((s.line, s.column), (e.line, e.column))).collect();
         Parsed { contract, diagnostics, unreliable }
     }
 

@@ -63,11 +63,7 @@ pub struct ExpositionNames {
 
 /// Lowers every migration into `config` (traffic ones) and `config.exposition` (app ones).
 pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, exposition: Option<&ExpositionNames>, today: i64, report: &mut dyn Report) {
-    let traffic_metrics: Vec<String> = [config.requests.as_ref().map(|m| &m.name), config.duration.as_ref().map(|m| &m.name), config.active_requests.as_ref().map(|m| &m.name)]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+    let traffic_metrics: Vec<String> = config.traffic_metric_names().into_iter().map(str::to_string).collect();
     let traffic_labels: Vec<String> = config.labels.iter().map(|l| l.name.clone()).collect();
     for def in defs {
         let d = &def.value;
@@ -94,23 +90,23 @@ pub fn lower(defs: &[Spanned<MigrationDef>], config: &mut PluginConfig, expositi
                 format!("`{}` is not a traffic {what}, nor produced by an exact rename, an injected label or a required metric of the exposition rewrite: the old name appears only where the app's rewritten metrics have `{}`", new.value, new.value),
             );
         }
-        let Some(sunset_day) = parse_date(&d.sunset.value) else {
-            report.error(&d.sunset.referenced, format!("sunset `{}` is not a date in the form YYYY-MM-DD", d.sunset.value));
-            continue;
-        };
-        let left = sunset_day - today;
-        if left <= 0 {
-            report.error(
+        // A sunset that is not a date still lowers the migration (as ended), so the validator
+        // judges its names.
+        let sunset_day = parse_date(&d.sunset.value);
+        match sunset_day.map(|day| day - today) {
+            None => report.error(&d.sunset.referenced, format!("sunset `{}` is not a date in the form YYYY-MM-DD", d.sunset.value)),
+            Some(left) if left <= 0 => report.error(
                 &d.sunset.referenced,
                 format!("the migration of {what} `{}` to `{}` ended on {}: remove it (and the old name's last users)", old.value, new.value, d.sunset.value),
-            );
-        } else if left <= WARN_DAYS {
-            report.warn(
+            ),
+            Some(left) if left <= WARN_DAYS => report.warn(
                 &d.sunset.referenced,
                 format!("{what} `{}` stops being emitted in {left} day{} ({}): move what still queries it to `{}`", old.value, if left == 1 { "" } else { "s" }, d.sunset.value, new.value),
-            );
+            ),
+            Some(_) => {}
         }
-        let migration = Migration { kind, old: old.value.clone(), new: new.value.clone(), sunset: d.sunset.value.clone(), sunset_unix: (sunset_day.max(0) as u64) * 86_400 };
+        let sunset_unix = sunset_day.map_or(0, |day| (day.max(0) as u64) * 86_400);
+        let migration = Migration { kind, old: old.value.clone(), new: new.value.clone(), sunset: d.sunset.value.clone(), sunset_unix };
         let list = match config.exposition.as_mut() {
             Some(spec) if !traffic => &mut spec.migrations,
             _ => &mut config.migrations,

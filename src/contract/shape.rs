@@ -21,10 +21,11 @@ pub struct Problem {
     /// Bytes that can be blanked out (an unknown key's entry, an optional value of the wrong kind)
     /// leaving a file serde reads without this problem; `None` when nothing can be removed.
     pub blank: Option<(usize, usize)>,
-    /// For a value that was there but of the wrong kind: the part of the file whose meaning
-    /// changes once it is blanked (the mapping holding it; the whole file for a list item), where
-    /// the semantic checks' findings would be consequences of the blanking, not of the file.
-    pub scope: Option<(Pos, Pos)>,
+    /// The parts of the file whose meaning changes once `blank` is blanked, where the semantic
+    /// checks' findings would be consequences of the blanking, not of the file: for a missing
+    /// mapping or list the mapping holding it, for a list item the whole file (later items move
+    /// up), for a scalar or key left out its sibling scalars (a name judged by a unit left out).
+    pub scope: Vec<(Pos, Pos)>,
     /// Whether leaving the value out changes more than the value (see `Walker::mismatch`).
     consequential: bool,
 }
@@ -79,14 +80,14 @@ fn example(def: &str, found: Option<&str>) -> Option<String> {
 
 impl Walker<'_> {
     fn problem(&mut self, node: &Node, path: &str, message: String, blank: Option<(usize, usize)>) {
-        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: None, consequential: false });
+        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: Vec::new(), consequential: false });
     }
 
     /// A value of the wrong kind (a string for a mapping, a mapping for a source): left out, it
-    /// leaves its mapping without what it was meant to give (a bad choice or number falls back
-    /// to the default, and means nothing more).
+    /// leaves its mapping without what it was meant to give. (A bad choice, number or key left
+    /// out falls back to its default: only its sibling scalars' findings may follow from that.)
     fn mismatch(&mut self, node: &Node, path: &str, message: String, blank: Option<(usize, usize)>) {
-        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: None, consequential: true });
+        self.problems.push(Problem { at: node.start, path: path.to_string(), message, blank, scope: Vec::new(), consequential: true });
     }
 
     /// A block list item with its `- `, which can be blanked (a flow list's item cannot: its
@@ -100,6 +101,9 @@ impl Walker<'_> {
     /// `entry`: the byte range of the whole mapping entry (key and value) holding this node, which
     /// can be blanked when the node is of the wrong kind.
     fn walk(&mut self, node: &Node, schema: &Schema, path: &str, def: Option<&str>, entry: Option<(usize, usize)>) {
+        if matches!(node.value, Value::Alias) {
+            return; // its anchor is checked where it is written, if anywhere
+        }
         let (schema, def) = resolve(self.defs, schema, def);
         if let Some(alternatives) = schema.get("anyOf").and_then(Schema::as_array) {
             return self.any_of(node, schema, alternatives, path, def, entry);
@@ -141,11 +145,14 @@ impl Walker<'_> {
                     let whole = self.list_item(item);
                     let before = self.problems.len();
                     self.walk(item, &item_schema, &format!("{path}[{i}]"), None, whole);
+                    // An item left empty by its blanked keys goes whole, with its `- `.
+                    let emptied = std::mem::take(&mut self.emptied);
                     // Without the item, later ones move up and what names it is dangling: no
                     // semantic finding can be trusted.
                     for p in &mut self.problems[before..] {
-                        if p.blank == whole && whole.is_some() {
-                            p.scope = Some((Pos::default(), Pos { line: u32::MAX, column: u32::MAX, offset: usize::MAX }));
+                        if whole.is_some() && (emptied || p.blank == whole) {
+                            p.blank = whole;
+                            p.scope = vec![(Pos::default(), Pos { line: u32::MAX, column: u32::MAX, offset: usize::MAX })];
                         }
                     }
                 }
@@ -190,7 +197,12 @@ impl Walker<'_> {
         let additional = schema.get("additionalProperties");
         let mut seen: Vec<&str> = Vec::new();
         let mut removed = 0;
+        // Problems of this mapping's own scalars and keys, whose scope is their siblings.
+        let mut local = Vec::new();
         for (key, value) in entries {
+            if matches!(key.value, Value::Alias) {
+                continue; // a key that is an alias: serde reads its anchor's text
+            }
             // Every spelling of null is the same key to serde.
             let Some(name) = (if key.is_null() { Some("~") } else { key.scalar() }) else {
                 self.problem(key, path, format!("{} has a key that is not a plain word; keys are names like `{}`", field(path), properties.keys().next().map_or("name", |k| k.as_str())), None);
@@ -202,6 +214,7 @@ impl Walker<'_> {
             let child = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
             let whole = Some((key.start.offset, value.end.offset.max(key.end.offset)));
             if seen.contains(&name) {
+                local.push(self.problems.len());
                 self.problem(key, &child, format!("duplicate key `{name}`; each key may appear once"), whole);
                 removed += 1;
                 continue;
@@ -214,18 +227,22 @@ impl Walker<'_> {
             } else if let Some(extra) = additional.filter(|a| a.is_object()) {
                 self.walk(value, extra, &child, None, whole);
             }
-            // Left empty by its blanked entries, the value goes whole.
+            // Left empty by its blanked entries, the value goes whole: its own findings would
+            // follow from its defaults.
             if std::mem::take(&mut self.emptied) && whole.is_some() {
                 for p in &mut self.problems[before..] {
                     p.blank = whole;
-                    // Its own findings would follow from its defaults; the rest stands.
-                    p.scope = Some((value.start, value.end));
+                    p.scope = vec![(value.start, value.end)];
                 }
             }
-            // A wrong value blanked out changes what its mapping means.
-            for p in &mut self.problems[before..] {
-                if p.blank == whole && p.scope.is_none() && p.consequential {
-                    p.scope = Some((node.start, node.end));
+            for (i, p) in self.problems.iter_mut().enumerate().skip(before) {
+                if p.blank == whole && whole.is_some() && p.scope.is_empty() {
+                    if p.consequential {
+                        // A missing mapping or list changes what its holder means.
+                        p.scope = vec![(node.start, node.end)];
+                    } else {
+                        local.push(i);
+                    }
                 }
             }
             if self.problems[before..].iter().any(|p| p.blank == whole && whole.is_some()) {
@@ -237,8 +254,15 @@ impl Walker<'_> {
                 let keys: Vec<&str> = properties.keys().map(String::as_str).collect();
                 let hint = suggest::hint(name, keys.iter().copied());
                 let message = format!("unknown key `{name}` in {}{hint} (valid keys: {})", field(path), keys.join(", "));
+                local.push(self.problems.len());
                 self.problem(key, &child, message, whole);
                 removed += 1;
+            }
+        }
+        let siblings: Vec<(Pos, Pos)> = entries.iter().filter(|(_, v)| matches!(v.value, Value::Scalar { .. })).map(|(k, v)| (k.start, v.end)).collect();
+        for i in local {
+            if self.problems[i].scope.is_empty() {
+                self.problems[i].scope = siblings.clone();
             }
         }
         self.emptied = removed > 0 && removed == entries.len();
@@ -272,7 +296,7 @@ impl Walker<'_> {
                 }
             }
             Value::Seq(items) => items.iter().for_each(|item| self.duplicates(item, path)),
-            Value::Scalar { .. } => {}
+            Value::Scalar { .. } | Value::Alias => {}
         }
     }
 

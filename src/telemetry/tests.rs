@@ -489,11 +489,12 @@ fn a_migration_to_an_unknown_name_is_refused() {
     let mut config = migrating_config();
     config.migrations[0].new = "nope_total".into();
     let error = Engine::new(&config, &node).err().expect("refused");
-    assert!(error.0.contains("migrations[0].new: `nope_total` is not a traffic metric of this contract"), "{error}");
+    // The field and the rule id (the message is built only natively: see validate's `broken!`).
+    assert!(error.0.contains("migrations[0].new: ") && error.0.contains("migration-new-unknown"), "{error}");
     let mut config = migrating_config();
     config.migrations[3].old = "code".into();
     let error = Engine::new(&config, &node).err().expect("refused");
-    assert!(error.0.contains("migrations[3].old: `code` is still a label of this contract"), "{error}");
+    assert!(error.0.contains("migrations[3].old: ") && error.0.contains("migration-old-current"), "{error}");
 }
 
 struct CutShort(Resp);

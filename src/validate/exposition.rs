@@ -73,7 +73,7 @@ pub(super) fn check(spec: &ExpositionSpec, errors: &mut Errors) {
             (None, Some(pattern), Some(_)) => {
                 regex(errors, &format!("{at}.regex"), pattern);
             }
-            _ => broken!(errors, "value-map-shape", at, "map_values needs `values: {old: new}`, or `regex` with `to`"),
+            _ => broken!(errors, "value-map-shape", format!("{at}.values"), "map_values needs `values: {old: new}`, or `regex` with `to`"),
         }
     }
     for (i, d) in spec.drop_labels.iter().enumerate() {

@@ -44,7 +44,9 @@ macro_rules! broken {
 }
 use broken;
 
-/// The id of every rule (a [`ConfigError`]'s `rule`; tests/check has a case for each).
+/// The id of every rule (a [`ConfigError`]'s `rule`). tests/check.rs holds each to a case: a
+/// contract in tests/check whose output names it, or a configuration test for the few no
+/// contract can break.
 pub const RULES: &[&str] = &[
     // traffic.rs
     "labels-too-many",
@@ -136,6 +138,10 @@ impl Errors {
 /// A regex as the filter compiles it (anchored to the whole text): the error in one line,
 /// quoting the pattern as written when that is what fails.
 fn regex_problem(pattern: &str) -> Option<String> {
+    // The filter logs no message: the anchored pattern alone decides (one compile, not two).
+    #[cfg(target_arch = "wasm32")]
+    return regex::Regex::new(&crate::routes::anchored(pattern)).is_err().then(String::new);
+    #[cfg(not(target_arch = "wasm32"))]
     let error = match regex::Regex::new(pattern) {
         // An anchored pattern can fail where the bare one compiles (`(?x)a #` comments out the
         // closing anchor): the filter compiles the anchored one, so that is the one that counts.
@@ -174,12 +180,12 @@ pub fn label_name_conflict(name: &str, all_tags: &[&str]) -> Option<String> {
     if names::ISTIO_TAG_NAMES.contains(&name) {
         return Some(format!("label `{name}` reuses a tag name Istio's sidecar already extracts; the first extractor wins, so rename it"));
     }
-    for other in all_tags {
-        if names::tag_shadows(name, other) {
-            return Some(format!(
-                "label `{name}` is a suffix of `{other}`: Envoy's unanchored tag regex for `{name}` would also match inside `{other}`; rename one of them"
-            ));
-        }
-    }
-    None
+    all_tags.iter().find_map(|other| shadowed(name, other))
+}
+
+/// Why tag `name` cannot sit beside tag `other`, if Envoy's regex for it matches inside `other`.
+pub fn shadowed(name: &str, other: &str) -> Option<String> {
+    names::tag_shadows(name, other).then(|| {
+        format!("label `{name}` is a suffix of `{other}`: Envoy's unanchored tag regex for `{name}` would also match inside `{other}`; rename one of them")
+    })
 }

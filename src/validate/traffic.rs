@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::{between, broken, hint, label_name_conflict, regex_problem, Errors};
+use super::{between, broken, hint, label_name_conflict, regex_problem, shadowed, Errors};
 use crate::config::{MigrationKind, PluginConfig, RouteMatch, MAX_LABELS};
 use crate::names;
 use crate::routes::{anchored, check_template};
@@ -25,7 +25,8 @@ fn labels(config: &PluginConfig, errors: &mut Errors) {
     if config.labels.len() > MAX_LABELS {
         broken!(errors, "labels-too-many", "labels", format!("{} labels defined; at most {MAX_LABELS} are supported", config.labels.len()));
     }
-    let tags = config.tag_names();
+    // The labels' tag names (a migrated label's old name is judged at its migration).
+    let tags: Vec<&str> = config.labels.iter().map(|l| l.name.as_str()).chain(names::SELF_LABEL_NAMES.iter().copied()).collect();
     let mut seen = HashSet::new();
     for (i, label) in config.labels.iter().enumerate() {
         let name = &label.name;
@@ -137,8 +138,7 @@ fn methods(config: &PluginConfig, errors: &mut Errors) {
     }
     let mut seen = HashSet::new();
     for (j, m) in config.methods.iter().enumerate() {
-        let token = !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
+        if !names::is_http_token(m) {
             broken!(errors, "method-token", format!("methods[{j}]"), format!("`{m}` is not an HTTP method token"));
         } else if !seen.insert(m.as_str()) {
             broken!(errors, "method-duplicate", format!("methods[{j}]"), format!("duplicate method `{m}`"));
@@ -181,11 +181,7 @@ fn routes(config: &PluginConfig, errors: &mut Errors) {
 }
 
 fn migrations(config: &PluginConfig, errors: &mut Errors) {
-    let current_metrics: Vec<&str> = [config.requests.as_ref().map(|m| &m.name), config.duration.as_ref().map(|m| &m.name), config.active_requests.as_ref().map(|m| &m.name)]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let current_metrics = config.traffic_metric_names();
     let current_labels: Vec<&str> = config.labels.iter().map(|l| l.name.as_str()).collect();
     let tags = config.tag_names();
     let mut seen: Vec<(MigrationKind, &str)> = Vec::new();
@@ -216,7 +212,11 @@ fn migrations(config: &PluginConfig, errors: &mut Errors) {
             continue;
         }
         if m.kind == MigrationKind::Label {
-            if let Some(reason) = label_name_conflict(&m.old, &tags) {
+            // The old name beside every tag, either way round (`status` would match inside the
+            // old `http_status`, as the old `code` inside `status_code`).
+            let conflict = label_name_conflict(&m.old, &tags)
+                .or_else(|| current_labels.iter().find_map(|label| shadowed(label, &m.old)));
+            if let Some(reason) = conflict {
                 broken!(errors, "migration-label-conflict", format!("{at}.old"), reason);
             }
         }
