@@ -137,11 +137,8 @@ impl Errors {
 
 /// A regex as the filter compiles it (anchored to the whole text): the error in one line,
 /// quoting the pattern as written when that is what fails.
+#[cfg(not(target_arch = "wasm32"))]
 fn regex_problem(pattern: &str) -> Option<String> {
-    // The filter logs no message: the anchored pattern alone decides (one compile, not two).
-    #[cfg(target_arch = "wasm32")]
-    return regex::Regex::new(&crate::routes::anchored(pattern)).is_err().then(String::new);
-    #[cfg(not(target_arch = "wasm32"))]
     let error = match regex::Regex::new(pattern) {
         // An anchored pattern can fail where the bare one compiles (`(?x)a #` comments out the
         // closing anchor): the filter compiles the anchored one, so that is the one that counts.
@@ -150,6 +147,12 @@ fn regex_problem(pattern: &str) -> Option<String> {
     };
     let text = error.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
     Some(format!("regex does not compile: {text}"))
+}
+
+/// The filter logs no message: the anchored pattern alone decides (one compile, not two).
+#[cfg(target_arch = "wasm32")]
+fn regex_problem(pattern: &str) -> Option<String> {
+    regex::Regex::new(&crate::routes::anchored(pattern)).is_err().then(String::new)
 }
 
 /// ` ; did you mean `x`?` for a misspelt name (native builds: the filter logs without it).
