@@ -51,6 +51,83 @@ pub struct PluginConfig {
     /// error then, as OpenTelemetry says for clients.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub client: bool,
+    /// Rules for the app's own metrics, judged on the rewritten exposition (`policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+}
+
+/// A contract's `policy`: naming and content rules for what the app exposes (after the rewrite,
+/// i.e. what Prometheus stores), each with a stable id and a severity, and waivers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub rules: Vec<PolicyRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waivers: Vec<Waiver>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Error (fails `verify`) or warning.
+    pub error: bool,
+    pub check: PolicyCheck,
+}
+
+/// What one policy rule requires; its id is [`PolicyCheck::id`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyCheck {
+    /// Counters are stored with `_total`.
+    CounterSuffix,
+    /// Units as base-unit words (`_seconds` not `_ms`, `_bytes` not `_kb`).
+    BaseUnit,
+    /// No type suffix (`_total`, `_count`, `_sum`, `_bucket`) on a gauge.
+    GaugeTypeSuffix,
+    /// Metric and label names in snake_case.
+    SnakeCase,
+    /// Metric names (of `metric_type`, or all) match `pattern` (whole name).
+    NamePattern { pattern: String, #[serde(default, skip_serializing_if = "Option::is_none")] metric_type: Option<String> },
+    /// No series carries `label`.
+    ForbiddenLabel { label: String },
+    /// No value of `label` matches `pattern` (whole value).
+    ForbiddenValue { label: String, pattern: String },
+    /// At most `max` series per metric.
+    SeriesLimit { max: u32 },
+    /// Every metric has a HELP text.
+    HelpRequired,
+}
+
+impl PolicyCheck {
+    /// The rule's stable id (findings, `severity`, `waivers`).
+    pub fn id(&self) -> &'static str {
+        match self {
+            PolicyCheck::CounterSuffix => "counter-suffix",
+            PolicyCheck::BaseUnit => "base-unit",
+            PolicyCheck::GaugeTypeSuffix => "gauge-type-suffix",
+            PolicyCheck::SnakeCase => "snake-case",
+            PolicyCheck::NamePattern { .. } => "name-pattern",
+            PolicyCheck::ForbiddenLabel { .. } => "forbidden-label",
+            PolicyCheck::ForbiddenValue { .. } => "forbidden-value",
+            PolicyCheck::SeriesLimit { .. } => "series-limit",
+            PolicyCheck::HelpRequired => "help-required",
+        }
+    }
+}
+
+/// Every policy rule id.
+pub const POLICY_RULES: &[&str] =
+    &["counter-suffix", "base-unit", "gauge-type-suffix", "snake-case", "name-pattern", "forbidden-label", "forbidden-value", "series-limit", "help-required"];
+
+/// A rule not applied to one metric until `expires_unix` (seconds, 00:00 UTC of `expires`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waiver {
+    pub rule: String,
+    pub metric: String,
+    pub reason: String,
+    pub expires: String,
+    pub expires_unix: u64,
 }
 
 /// A declared rename: until `sunset_unix` the old name is emitted beside the new one, so queries,

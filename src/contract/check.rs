@@ -169,15 +169,21 @@ impl Checker<'_> {
             exposition: None,
             migrations: Vec::new(),
             client: false,
+            policy: None,
         };
         if let Some(def) = &c.exposition {
             config.exposition = Some(super::exposition::lower(def, self));
         }
-        if let Some(defs) = &c.migrations {
-            let today = super::migrations::today().unwrap_or_else(|e| {
+        // The day migrations and waivers are judged by (METRICPACT_TODAY, else the clock).
+        let today = if c.migrations.is_some() || c.policy.is_some() {
+            super::migrations::today().unwrap_or_else(|e| {
                 self.error(&c.format.referenced, e);
                 0
-            });
+            })
+        } else {
+            0
+        };
+        if let Some(defs) = &c.migrations {
             let names = config.exposition.as_ref().map(|e| super::migrations::ExpositionNames {
                 metrics: e
                     .rename_metrics
@@ -189,6 +195,9 @@ impl Checker<'_> {
                 labels: e.rename_labels.iter().map(|r| r.to.clone()).chain(e.inject_labels.iter().map(|i| i.name.clone())).collect(),
             });
             super::migrations::lower(defs, &mut config, names.as_ref(), today, self);
+        }
+        if let Some(def) = &c.policy {
+            config.policy = Some(super::policy::lower(def, today, self));
         }
         if config.requests.is_none() && config.duration.is_none() && config.active_requests.is_none() {
             self.warn(&c.name.referenced, "every traffic metric is disabled: the filter will only export its self-metrics");

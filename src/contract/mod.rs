@@ -13,6 +13,7 @@ pub mod load;
 pub mod migrations;
 pub mod model;
 pub mod openapi;
+pub mod policy;
 pub mod report;
 pub mod shape;
 pub mod sources;

@@ -72,6 +72,110 @@ pub struct Contract {
     #[serde(default)]
     #[schemars(with = "Option<Vec<MigrationDef>>")]
     pub migrations: Option<Vec<Spanned<MigrationDef>>>,
+    /// Rules for the app's own metrics, judged on what Prometheus stores (after the exposition
+    /// rewrite): `verify --target app` reports every violation with its rule id.
+    #[serde(default)]
+    #[schemars(with = "Option<NamingPolicyDef>")]
+    pub policy: Option<Spanned<NamingPolicyDef>>,
+}
+
+/// Naming and content rules for the app's metrics. Rule ids: `counter-suffix`, `base-unit`,
+/// `gauge-type-suffix`, `snake-case` (the `prometheus` preset), `name-pattern`,
+/// `forbidden-label`, `forbidden-value`, `series-limit`, `help-required`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamingPolicyDef {
+    /// Rule sets: `prometheus` = counters end in `_total`, base units (`_seconds` not `_ms`,
+    /// `_bytes` not `_kb`), no type suffix on gauges, snake_case names.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<PresetDef>>")]
+    pub presets: Option<Vec<Spanned<PresetDef>>>,
+    /// Metric names must match a regex (the whole name), per type if `type` is given.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<NamePatternDef>>")]
+    pub metric_names: Option<Vec<Spanned<NamePatternDef>>>,
+    /// Label names no metric may carry (e.g. `user_id`).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub forbidden_labels: Option<Vec<Spanned<String>>>,
+    /// Label values no series may carry: a regex (the whole value) per label.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<ForbiddenValueDef>>")]
+    pub forbidden_values: Option<Vec<Spanned<ForbiddenValueDef>>>,
+    /// Most series one metric may have.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>")]
+    pub max_series_per_metric: Option<Spanned<u32>>,
+    /// Every metric must have a HELP text.
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub require_help: Option<Spanned<bool>>,
+    /// Severity per rule id: `error` (the default: fails `verify`), `warning`, or `off`.
+    #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, RuleSeverityDef>>")]
+    pub severity: Option<Spanned<std::collections::BTreeMap<String, RuleSeverityDef>>>,
+    /// A rule not applied to one metric, for a reason, until a date (like `migrations`: `check`
+    /// warns in the 30 days before and fails from that day on).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<WaiverDef>>")]
+    pub waivers: Option<Vec<Spanned<WaiverDef>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresetDef {
+    Prometheus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleSeverityDef {
+    Error,
+    Warning,
+    Off,
+}
+
+/// `{pattern: '^http_[a-z_]+_seconds$', type: histogram}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamePatternDef {
+    /// Regex the whole metric name must match.
+    #[schemars(with = "String")]
+    pub pattern: Spanned<String>,
+    /// Only metrics of this type (`counter`, `gauge`, `histogram`, `summary`, …).
+    #[serde(default, rename = "type")]
+    #[schemars(with = "Option<String>")]
+    pub kind: Option<Spanned<String>>,
+}
+
+/// `{label: path, pattern: '.*[0-9]{4,}.*'}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForbiddenValueDef {
+    /// The label.
+    #[schemars(with = "String")]
+    pub label: Spanned<String>,
+    /// Regex no whole value of it may match.
+    #[schemars(with = "String")]
+    pub pattern: Spanned<String>,
+}
+
+/// `{rule: base-unit, metric: legacy_latency_ms, reason: …, expires: 2027-03-31}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaiverDef {
+    /// The rule id waived.
+    #[schemars(with = "String")]
+    pub rule: Spanned<String>,
+    /// The metric (its name as stored; a histogram's base name).
+    #[schemars(with = "String")]
+    pub metric: Spanned<String>,
+    /// Why, for reviewers.
+    #[schemars(with = "String")]
+    pub reason: Spanned<String>,
+    /// Last day the waiver holds is the day before (`YYYY-MM-DD`, from 00:00 UTC).
+    #[schemars(with = "String")]
+    pub expires: Spanned<String>,
 }
 
 /// One rename in progress: give `metric` or `label` (the old name), `renamed_to` and `sunset`.

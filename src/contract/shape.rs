@@ -456,7 +456,7 @@ mod tests {
         assert_eq!(
             problems(&text),
             [
-                "4:1: unknown key `metric` in the contract; did you mean `metrics`? (valid keys: format, name, version, description, metrics, labels, methods, routes, cardinality, client_metrics, workload, autoscaling, exposition, migrations)",
+                "4:1: unknown key `metric` in the contract; did you mean `metrics`? (valid keys: format, name, version, description, metrics, labels, methods, routes, cardinality, client_metrics, workload, autoscaling, exposition, migrations, policy)",
                 "7:11: `workload.target` must be a mapping like `{kind: Deployment, name: billing}`, found the string `billing`",
                 "9:14: `routes.unmatched` must be one of `other`, `raw`, found `others`; did you mean `other`?",
                 "10:19: `routes.raw_max_length` must be a whole number from 0 to 4294967295, found the number `-1`",

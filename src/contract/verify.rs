@@ -220,6 +220,13 @@ pub fn verify(config: &PluginConfig, body: &str, target: Target) -> Result<Repor
             find(Severity::Error, "cardinality-series", name, format!("`{name}` has {} series, over the budget of {}", family.series.len(), config.max_series));
         }
     }
+    // The app's own metrics judged by the contract's policy (waivers as of today).
+    if let (Target::App, Some(policy)) = (target, &config.policy) {
+        let now = super::migrations::today().map(|day| (day.max(0) as u64) * 86_400)?;
+        for v in crate::policy::judge(policy, body, now)? {
+            find(if v.error { Severity::Error } else { Severity::Warning }, v.rule, &v.metric, v.message);
+        }
+    }
     report.metrics_expected = expected.len();
     report.metrics_found = found;
     report.labels_expected = if target == Target::Sidecar { contract_labels.len() } else { 0 };
@@ -258,6 +265,7 @@ mod tests {
             exposition: None,
             migrations: vec![],
             client: false,
+            policy: None,
         }
     }
 

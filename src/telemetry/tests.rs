@@ -138,6 +138,7 @@ fn config() -> PluginConfig {
         exposition: None,
         migrations: vec![],
         client: false,
+            policy: None,
     }
 }
 

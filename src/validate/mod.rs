@@ -5,6 +5,7 @@
 //! that need the YAML (which keys are given together, dates, warnings).
 
 mod exposition;
+mod policy;
 mod traffic;
 
 pub use exposition::MAX_BODY_LIMIT;
@@ -99,6 +100,11 @@ pub const RULES: &[&str] = &[
     "inject-target-label",
     "inject-source",
     "require-name",
+    // policy.rs
+    "policy-regex",
+    "policy-metric-type",
+    "policy-label-name",
+    "policy-waiver-rule",
     // mod.rs
     "range",
 ];
@@ -109,6 +115,9 @@ pub fn plugin_config(config: &PluginConfig) -> Vec<ConfigError> {
     traffic::check(config, &mut errors);
     if let Some(spec) = &config.exposition {
         exposition::check(spec, &mut errors);
+    }
+    if let Some(spec) = &config.policy {
+        policy::check(spec, &mut errors);
     }
     errors.0
 }

@@ -52,3 +52,20 @@ def test_the_same_exposition_against_another_contract_names_each_violation(workd
             '`http_request_method="POST"` is not a known method (it should be `_OTHER`)') in lines
     # error_type only appears on failures, and this scrape saw none.
     assert lines[-1] == "coverage: 2/3 contract metrics present, 9/10 contract labels seen"
+
+
+def test_a_contract_with_a_policy_runs_in_the_sidecar_and_judges_the_apps_metrics(workdir, upstream):
+    # The filter loads a configuration with a `policy` (and counts as before); `verify --target app`
+    # judges prom-client's recorded scrape by it.
+    contract = write_contract(workdir, DEFAULT_CONTRACT.read_text()
+                              + "policy:\n  presets: [prometheus]\n  require_help: true\n", "policy.yaml")
+    with sidecar(workdir, contract, upstream.port) as envoy:
+        assert envoy.request("GET", "/")[0] == 200
+        assert sum(s.value for s in envoy.scrape().series("http_server_requests_total")) == 1
+    scrape = ROOT / "tests/data/expositions/node_prom_client.txt"
+    rc, out, err = verify("--target", "app", contract, scrape, "--format", "json")
+    assert rc == 1, err
+    findings = [(f["rule"], f["subject"]) for f in json.loads(out)["findings"]]
+    assert findings == [("base-unit", "http_request_duration_ms"), ("gauge-type-suffix", "nodejs_active_handles_total"),
+                        ("gauge-type-suffix", "nodejs_active_requests_total"),
+                        ("gauge-type-suffix", "nodejs_active_resources_total"), ("counter-suffix", "request_count")]
