@@ -112,3 +112,30 @@ const EXPECTED: &[(&str, i32, &str)] = &[
     // The OpenTelemetry exporter converts units and suffixes itself: clean.
     ("tests/data/expositions/python_otel.txt", 0, "coverage: 0/0 contract metrics present, 0/0 contract labels seen\n"),
 ];
+
+#[test]
+fn diff_calls_a_tightened_policy_breaking_for_the_apps_that_break_it() {
+    let old = contract("diff-old.yaml", PRESET);
+    let new = contract("diff-new.yaml", &format!("{PRESET}  forbidden_labels: [user_id]\n  severity: {{gauge-type-suffix: warning}}\n"));
+    let out = metricpact_on("2026-11-23", &["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let n = new.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{n}: breaking[policy-tightened]: policy rule `forbidden-label` added (no `user_id` label), as an error\n\
+             \x20   breaks: verify --target app, for every app that breaks `forbidden-label`\n\
+             {n}: compatible[policy-loosened]: policy rule `gauge-type-suffix` (no type suffix on gauges) is now a warning (was an error)\n"
+        )
+    );
+    // A waiver only loosens: compatible, exit 0.
+    let waived = contract(
+        "diff-waived.yaml",
+        &format!("{PRESET}  waivers:\n    - {{rule: base-unit, metric: http_request_duration_ms, reason: dashboards move in Q1, expires: 2027-03-31}}\n"),
+    );
+    let out = metricpact_on("2026-11-23", &["diff", old.to_str().unwrap(), waived.to_str().unwrap()]);
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+        (Some(0), format!("{}: compatible[policy-loosened]: `base-unit` waived for `http_request_duration_ms` until 2027-03-31\n", waived.display()))
+    );
+}

@@ -2,7 +2,7 @@
 //! rendered autoscaling objects (KEDA triggers, adapter rules, recording rules) each breaking
 //! change would break.
 
-use crate::config::{LabelSpec, Migration, MigrationKind, PluginConfig, RouteMatch};
+use crate::config::{LabelSpec, Migration, MigrationKind, PluginConfig, PolicyCheck, PolicyRule, PolicySpec, RouteMatch};
 
 use super::deploy::{Deployment, HistogramMode};
 
@@ -250,6 +250,76 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
             }
         }
     }
+    policy(&mut d, old.policy.as_ref(), new.policy.as_ref());
     d.changes.sort_by_key(|c| std::cmp::Reverse(c.severity));
     d.changes
+}
+
+/// A policy tightened (a rule added, a warning made an error, a limit lowered, a waiver
+/// withdrawn) breaks `verify --target app` for every app that breaks it; loosened is compatible.
+fn policy(d: &mut Differ<'_>, old: Option<&PolicySpec>, new: Option<&PolicySpec>) {
+    let empty = PolicySpec { rules: Vec::new(), waivers: Vec::new() };
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let fails = |id: &str| vec![format!("verify --target app, for every app that breaks `{id}`")];
+    for rule in &new.rules {
+        let id = rule.check.id();
+        match old.rules.iter().find(|r| r.check == rule.check) {
+            None => {
+                let limit = |rules: &[PolicyRule]| rules.iter().find_map(|r| if let PolicyCheck::SeriesLimit { max } = r.check { Some(max) } else { None });
+                match (&rule.check, limit(&old.rules)) {
+                    (PolicyCheck::SeriesLimit { max }, Some(was)) if *max > was => {
+                        d.push(Impact::Compatible, "policy-loosened", format!("policy `series-limit` raised to {max} (was {was})"), vec![]);
+                    }
+                    (PolicyCheck::SeriesLimit { max }, Some(was)) => {
+                        d.push(Impact::Breaking, "policy-tightened", format!("policy `series-limit` lowered to {max} (was {was})"), fails(id));
+                    }
+                    _ => {
+                        let severity = if rule.error { "an error" } else { "a warning" };
+                        let impact = if rule.error { Impact::Breaking } else { Impact::Compatible };
+                        let breaks = if rule.error { fails(id) } else { vec![] };
+                        d.push(impact, if rule.error { "policy-tightened" } else { "policy-rule-added" }, format!("policy rule `{id}` added ({}), as {severity}", describe(&rule.check)), breaks);
+                    }
+                }
+            }
+            Some(was) if rule.error && !was.error => {
+                d.push(Impact::Breaking, "policy-tightened", format!("policy rule `{id}` ({}) is now an error (was a warning)", describe(&rule.check)), fails(id));
+            }
+            Some(was) if !rule.error && was.error => {
+                d.push(Impact::Compatible, "policy-loosened", format!("policy rule `{id}` ({}) is now a warning (was an error)", describe(&rule.check)), vec![]);
+            }
+            Some(_) => {}
+        }
+    }
+    for rule in &old.rules {
+        let same_limit = matches!(rule.check, PolicyCheck::SeriesLimit { .. }) && new.rules.iter().any(|r| matches!(r.check, PolicyCheck::SeriesLimit { .. }));
+        if !same_limit && !new.rules.iter().any(|r| r.check == rule.check) {
+            d.push(Impact::Compatible, "policy-loosened", format!("policy rule `{}` ({}) removed", rule.check.id(), describe(&rule.check)), vec![]);
+        }
+    }
+    for w in &new.waivers {
+        if !old.waivers.iter().any(|o| o.rule == w.rule && o.metric == w.metric) {
+            d.push(Impact::Compatible, "policy-loosened", format!("`{}` waived for `{}` until {}", w.rule, w.metric, w.expires), vec![]);
+        }
+    }
+    for w in &old.waivers {
+        if !new.waivers.iter().any(|n| n.rule == w.rule && n.metric == w.metric) {
+            let breaks = vec![format!("verify --target app, for apps where `{}` still breaks `{}`", w.metric, w.rule)];
+            d.push(Impact::Breaking, "policy-tightened", format!("the waiver of `{}` for `{}` is withdrawn (it ran until {})", w.rule, w.metric, w.expires), breaks);
+        }
+    }
+}
+
+fn describe(check: &PolicyCheck) -> String {
+    match check {
+        PolicyCheck::NamePattern { pattern, metric_type: Some(t) } => format!("{t} names match `{pattern}`"),
+        PolicyCheck::NamePattern { pattern, metric_type: None } => format!("names match `{pattern}`"),
+        PolicyCheck::ForbiddenLabel { label } => format!("no `{label}` label"),
+        PolicyCheck::ForbiddenValue { label, pattern } => format!("no `{label}` value matching `{pattern}`"),
+        PolicyCheck::SeriesLimit { max } => format!("at most {max} series per metric"),
+        PolicyCheck::CounterSuffix => "counters end in `_total`".into(),
+        PolicyCheck::BaseUnit => "base units".into(),
+        PolicyCheck::GaugeTypeSuffix => "no type suffix on gauges".into(),
+        PolicyCheck::SnakeCase => "snake_case names".into(),
+        PolicyCheck::HelpRequired => "HELP on every metric".into(),
+    }
 }
