@@ -252,40 +252,42 @@ def test_contract_info_names_the_running_contract(workdir, upstream):
                                                      "metricpact_contract_hash": expected_hash, **POD}, 1)
 
 
+def refused_start(workdir, upstream, plugin_config):
+    """Starts an Envoy whose metricpact filter gets `plugin_config`; it must exit. Returns its log
+    and the filter's refusal lines."""
+    config = bootstrap(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
+                       http_filters=[wasm_http_filter(plugin_config)], stats_config={},
+                       node_metadata=ISTIO_NODE_METADATA)
+    envoy = Envoy(config, workdir, concurrency=1, expect_start=False)
+    with envoy:
+        envoy.proc.wait(timeout=30)
+    assert envoy.proc.returncode != 0
+    log = envoy.log_text()
+    return log, [line for line in log.splitlines() if "metricpact: refusing to start" in line]
+
+
 @pytest.mark.parametrize("configuration, reason", [
     ("{not json", "invalid plugin configuration"),
     ('{"format": 1}', "invalid plugin configuration"),
     ("", "no plugin configuration"),
 ])
 def test_invalid_plugin_configuration_refuses_to_start_with_one_clear_line(workdir, upstream, configuration, reason):
-    config = bootstrap(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
-                       http_filters=[wasm_http_filter(configuration)], stats_config={},
-                       node_metadata=ISTIO_NODE_METADATA)
-    envoy = Envoy(config, workdir, concurrency=1, expect_start=False)
-    with envoy:
-        envoy.proc.wait(timeout=30)
-    assert envoy.proc.returncode != 0
-    lines = [line for line in envoy.log_text().splitlines() if "metricpact: refusing to start" in line]
-    assert len(lines) == 1, envoy.log_text()[-2000:]
+    log, lines = refused_start(workdir, upstream, configuration)
+    assert len(lines) == 1, log[-2000:]
     assert reason in lines[0]
-    assert "panic" not in envoy.log_text().lower()
+    assert "panic" not in log.lower()
 
 
 def test_invalid_semantics_are_refused_too(workdir, upstream):
     plugin_config, _ = compile_contract(DEFAULT_CONTRACT)
     broken = plugin_config.replace('"name":"k8s_pod_name"', '"name":"pod"')
     assert broken != plugin_config
-    config = bootstrap(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
-                       http_filters=[wasm_http_filter(broken)], stats_config={}, node_metadata=ISTIO_NODE_METADATA)
-    envoy = Envoy(config, workdir, concurrency=1, expect_start=False)
-    with envoy:
-        envoy.proc.wait(timeout=30)
-    assert envoy.proc.returncode != 0
+    log, _ = refused_start(workdir, upstream, broken)
     # The validator's field and rule (the module carries no messages: `check` explains them).
     # Every broken rule in one line: the renamed label is also gone from the in-flight gauge's labels.
     assert ("metricpact: refusing to start: invalid plugin configuration: labels[6].name: label-conflict; "
             "active_requests.labels[2]: active-label-unknown (`metricpact check CONTRACT` explains each at its line)"
-            ) in envoy.log_text()
+            ) in log
 
 
 def _mutated(plugin_config, change):
@@ -310,15 +312,8 @@ def _mutated(plugin_config, change):
 ])
 def test_the_filter_refuses_what_check_refuses(workdir, upstream, change, refusal):
     plugin_config, _ = compile_contract(ROOT / "contracts/rest-api.yaml")
-    broken = _mutated(plugin_config, change)
-    config = bootstrap(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
-                       http_filters=[wasm_http_filter(broken)], stats_config={}, node_metadata=ISTIO_NODE_METADATA)
-    envoy = Envoy(config, workdir, concurrency=1, expect_start=False)
-    with envoy:
-        envoy.proc.wait(timeout=30)
-    assert envoy.proc.returncode != 0
-    lines = [line for line in envoy.log_text().splitlines() if "metricpact: refusing to start" in line]
-    assert len(lines) == 1, envoy.log_text()[-2000:]
+    log, lines = refused_start(workdir, upstream, _mutated(plugin_config, change))
+    assert len(lines) == 1, log[-2000:]
     assert f"invalid plugin configuration: {refusal} (`metricpact check CONTRACT` explains each at its line)" in lines[0]
 
 
