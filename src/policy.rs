@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 
 use crate::config::{PolicyCheck, PolicySpec};
-use crate::exposition::line::{parse_sample, unescape_label_value};
+use crate::exposition::line::{unescape_label_value, walk, Line};
 
 /// One broken rule, about one metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,31 +62,20 @@ fn metrics(body: &str) -> Result<BTreeMap<String, Metric>, String> {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut helps: Vec<String> = Vec::new();
     let mut out: BTreeMap<String, Metric> = BTreeMap::new();
-    let mut buffer = Vec::new();
-    for (i, line) in body.lines().enumerate() {
-        if line.is_empty() || line == "# EOF" {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+    walk(body, |line| {
+        let sample = match line {
+            Line::Type { name, kind } => {
                 types.insert(name.to_string(), kind.to_string());
+                return;
             }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let mut parts = rest.splitn(2, ' ');
-            if let (Some(name), Some(text)) = (parts.next(), parts.next()) {
+            Line::Help { name, text } => {
                 if !text.trim().is_empty() {
                     helps.push(name.to_string());
                 }
+                return;
             }
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let sample = parse_sample(line, &mut buffer, "").ok_or_else(|| format!("line {}: not a sample: {line}", i + 1))?;
+            Line::Sample(sample) => sample,
+        };
         let name = sample.name;
         // The family a sample belongs to: its TYPE'd name, with the suffixes its type adds.
         let family = ["", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info"]
@@ -108,7 +97,7 @@ fn metrics(body: &str) -> Result<BTreeMap<String, Metric>, String> {
         if !metric.series.contains(&labels) {
             metric.series.push(labels);
         }
-    }
+    })?;
     Ok(out)
 }
 

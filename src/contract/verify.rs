@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use regex::Regex;
 
 use crate::config::{MigrationKind, PluginConfig, Source, Unmatched};
-use crate::exposition::line::{parse_sample, unescape_label_value};
+use crate::exposition::line::{unescape_label_value, walk, Line};
 use crate::names::OTHER;
 
 pub use super::findings::{Finding, Severity};
@@ -52,22 +52,15 @@ struct Family {
 fn families(body: &str) -> Result<HashMap<String, Family>, String> {
     let mut out: HashMap<String, Family> = HashMap::new();
     let mut types: HashMap<String, String> = HashMap::new();
-    let mut label_buffer = Vec::new();
-    for (i, line) in body.lines().enumerate() {
-        if line.is_empty() || line == "# EOF" {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+    walk(body, |line| {
+        let sample = match line {
+            Line::Type { name, kind } => {
                 types.insert(name.to_string(), kind.to_string());
+                return;
             }
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let sample = parse_sample(line, &mut label_buffer, "").ok_or_else(|| format!("line {}: not a sample: {line}", i + 1))?;
+            Line::Help { .. } => return,
+            Line::Sample(sample) => sample,
+        };
         let mut family = sample.name.to_string();
         for suffix in ["_bucket", "_sum", "_count"] {
             if let Some(base) = sample.name.strip_suffix(suffix) {
@@ -77,7 +70,7 @@ fn families(body: &str) -> Result<HashMap<String, Family>, String> {
             }
         }
         if (sample.name.ends_with("_sum") || sample.name.ends_with("_count")) && family != sample.name {
-            continue;
+            return;
         }
         let labels: BTreeMap<String, String> = sample
             .labels
@@ -90,7 +83,7 @@ fn families(body: &str) -> Result<HashMap<String, Family>, String> {
         if !entry.series.contains(&labels) {
             entry.series.push(labels);
         }
-    }
+    })?;
     Ok(out)
 }
 

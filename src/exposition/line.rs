@@ -121,6 +121,45 @@ pub(crate) fn prefix_is(bytes: &[u8], prefix: &[u8]) -> bool {
     (&mut a).zip(&mut b).all(|(x, y)| word(x) == word(y)) && a.remainder().iter().zip(b.remainder()).all(|(x, y)| x == y)
 }
 
+/// A line of an exposition, as the readers that judge one (`verify`, the policy) see it.
+pub enum Line<'a, 's> {
+    /// `# TYPE name kind`.
+    Type { name: &'a str, kind: &'a str },
+    /// `# HELP name text`.
+    Help { name: &'a str, text: &'a str },
+    Sample(Sample<'a, 's>),
+}
+
+/// Calls `each` for every TYPE, HELP and sample line of `body` (other comments, blank lines and
+/// `# EOF` skipped); a line that is none of these is an error naming it.
+pub fn walk<'a>(body: &'a str, mut each: impl FnMut(Line<'a, '_>)) -> Result<(), String> {
+    let mut labels = Vec::new();
+    for (i, line) in body.lines().enumerate() {
+        if line.is_empty() || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                each(Line::Type { name, kind });
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, text)) = rest.split_once(' ') {
+                each(Line::Help { name, text });
+            }
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let sample = parse_sample(line, &mut labels, "").ok_or_else(|| format!("line {}: not a sample: {line}", i + 1))?;
+        each(Line::Sample(sample));
+    }
+    Ok(())
+}
+
 /// Parses `name{a="x",b="y"} 1 123`; `None` when the line is not a well-formed sample. One pass
 /// over the bytes; label names and values are slices of the line, collected into `labels`
 /// (cleared first: one buffer serves every line of a body). `hint`, a valid metric name or `""`,
