@@ -76,7 +76,7 @@ pub struct PolicyRule {
 
 /// What one policy rule requires; its id is [`PolicyCheck::id`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "PolicyCheckWire", into = "PolicyCheckWire")]
 pub enum PolicyCheck {
     /// Counters are stored with `_total`.
     CounterSuffix,
@@ -87,7 +87,7 @@ pub enum PolicyCheck {
     /// Metric and label names in snake_case.
     SnakeCase,
     /// Metric names (of `metric_type`, or all) match `pattern` (whole name).
-    NamePattern { pattern: String, #[serde(default, skip_serializing_if = "Option::is_none")] metric_type: Option<String> },
+    NamePattern { pattern: String, metric_type: Option<String> },
     /// No series carries `label`.
     ForbiddenLabel { label: String },
     /// No value of `label` matches `pattern` (whole value).
@@ -112,6 +112,59 @@ impl PolicyCheck {
             PolicyCheck::SeriesLimit { .. } => "series-limit",
             PolicyCheck::HelpRequired => "help-required",
         }
+    }
+}
+
+/// How a rule travels in the plugin configuration: one flat shape for every rule
+/// (`{"rule": "series-limit", "max": 50}`). The filter's JSON reader decodes it with a fraction
+/// of the code an enum of nine shapes needs (the module's size budget).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyCheckWire {
+    rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metric_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<u32>,
+}
+
+impl TryFrom<PolicyCheckWire> for PolicyCheck {
+    type Error = String;
+    fn try_from(w: PolicyCheckWire) -> Result<PolicyCheck, String> {
+        let missing = |field: &str| format!("policy rule `{}` needs `{field}`", w.rule);
+        Ok(match w.rule.as_str() {
+            "counter-suffix" => PolicyCheck::CounterSuffix,
+            "base-unit" => PolicyCheck::BaseUnit,
+            "gauge-type-suffix" => PolicyCheck::GaugeTypeSuffix,
+            "snake-case" => PolicyCheck::SnakeCase,
+            "help-required" => PolicyCheck::HelpRequired,
+            "name-pattern" => PolicyCheck::NamePattern { pattern: w.pattern.clone().ok_or_else(|| missing("pattern"))?, metric_type: w.metric_type },
+            "forbidden-label" => PolicyCheck::ForbiddenLabel { label: w.label.clone().ok_or_else(|| missing("label"))? },
+            "forbidden-value" => PolicyCheck::ForbiddenValue {
+                label: w.label.clone().ok_or_else(|| missing("label"))?,
+                pattern: w.pattern.clone().ok_or_else(|| missing("pattern"))?,
+            },
+            "series-limit" => PolicyCheck::SeriesLimit { max: w.max.ok_or_else(|| missing("max"))? },
+            other => return Err(format!("unknown policy rule `{other}`")),
+        })
+    }
+}
+
+impl From<PolicyCheck> for PolicyCheckWire {
+    fn from(check: PolicyCheck) -> PolicyCheckWire {
+        let mut w = PolicyCheckWire { rule: check.id().to_string(), pattern: None, metric_type: None, label: None, max: None };
+        match check {
+            PolicyCheck::NamePattern { pattern, metric_type } => (w.pattern, w.metric_type) = (Some(pattern), metric_type),
+            PolicyCheck::ForbiddenLabel { label } => w.label = Some(label),
+            PolicyCheck::ForbiddenValue { label, pattern } => (w.label, w.pattern) = (Some(label), Some(pattern)),
+            PolicyCheck::SeriesLimit { max } => w.max = Some(max),
+            PolicyCheck::CounterSuffix | PolicyCheck::BaseUnit | PolicyCheck::GaugeTypeSuffix | PolicyCheck::SnakeCase | PolicyCheck::HelpRequired => {}
+        }
+        w
     }
 }
 
@@ -218,7 +271,7 @@ pub struct MetricRename {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[serde(try_from = "KindValue", into = "KindValue")]
 pub enum NameMatch {
     Exact(String),
     /// Whole-name regex.
@@ -348,9 +401,10 @@ pub struct LabelSpec {
     pub allowed: Option<Vec<String>>,
 }
 
-/// Where a label's value comes from.
+/// Where a label's value comes from. In the configuration: `{"kind": "request_header", "name": …}`
+/// (see [`SourceWire`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "SourceWire", into = "SourceWire")]
 pub enum Source {
     /// `:method`, normalized against `methods`.
     RequestMethod,
@@ -382,13 +436,91 @@ pub enum Source {
     /// `rpc.response.status_code`).
     ResponseGrpcStatusName,
     /// Envoy node metadata (`xds.node.metadata.KEY`, or field `FIELD` of a struct such as `LABELS`).
-    Node {
-        key: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        field: Option<String>,
-    },
+    Node { key: String, field: Option<String> },
     /// A fixed value.
     Constant { value: String },
+}
+
+/// A [`Source`] as the configuration carries it: one flat shape. serde's internally tagged enums
+/// buffer each value before decoding it, which cost the module ~15 KB of code.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceWire {
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+/// The plain sources by their `kind`.
+const PLAIN_SOURCES: [(&str, Source); 11] = [
+    ("request_method", Source::RequestMethod),
+    ("request_route", Source::RequestRoute),
+    ("request_scheme", Source::RequestScheme),
+    ("request_protocol", Source::RequestProtocol),
+    ("response_status_code", Source::ResponseStatusCode),
+    ("response_status_class", Source::ResponseStatusClass),
+    ("response_error_type", Source::ResponseErrorType),
+    ("request_grpc_method", Source::RequestGrpcMethod),
+    ("request_grpc_service", Source::RequestGrpcService),
+    ("response_grpc_status", Source::ResponseGrpcStatus),
+    ("response_grpc_status_name", Source::ResponseGrpcStatusName),
+];
+
+impl TryFrom<SourceWire> for Source {
+    type Error = String;
+    fn try_from(w: SourceWire) -> Result<Source, String> {
+        let fields = [("name", &w.name), ("key", &w.key), ("field", &w.field), ("value", &w.value)];
+        // Which fields the kind takes, which of them it needs.
+        let (takes, needs): (&[&str], &[&str]) = match w.kind.as_str() {
+            "request_header" => (&["name"], &["name"]),
+            "node" => (&["key", "field"], &["key"]),
+            "constant" => (&["value"], &["value"]),
+            _ => (&[], &[]),
+        };
+        for (field, value) in fields {
+            if value.is_some() && !takes.contains(&field) {
+                return Err(format!("source `{}` takes no `{field}`", w.kind));
+            }
+            if value.is_none() && needs.contains(&field) {
+                return Err(format!("source `{}` needs `{field}`", w.kind));
+            }
+        }
+        Ok(match w.kind.as_str() {
+            "request_header" => Source::RequestHeader { name: w.name.unwrap_or_default() },
+            "node" => Source::Node { key: w.key.unwrap_or_default(), field: w.field },
+            "constant" => Source::Constant { value: w.value.unwrap_or_default() },
+            kind => PLAIN_SOURCES.iter().find(|(k, _)| *k == kind).map(|(_, s)| s.clone()).ok_or_else(|| format!("unknown source kind `{kind}`"))?,
+        })
+    }
+}
+
+impl From<Source> for SourceWire {
+    fn from(source: Source) -> SourceWire {
+        let mut w = SourceWire { kind: String::new(), name: None, key: None, field: None, value: None };
+        w.kind = match source {
+            Source::RequestHeader { name } => {
+                w.name = Some(name);
+                "request_header"
+            }
+            Source::Node { key, field } => {
+                (w.key, w.field) = (Some(key), field);
+                "node"
+            }
+            Source::Constant { value } => {
+                w.value = Some(value);
+                "constant"
+            }
+            plain => PLAIN_SOURCES.iter().find(|(_, s)| *s == plain).map_or("", |(k, _)| k),
+        }
+        .to_string();
+        w
+    }
 }
 
 impl Source {
@@ -438,12 +570,65 @@ pub struct RouteRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[serde(try_from = "KindValue", into = "KindValue")]
 pub enum RouteMatch {
     Exact(String),
     Prefix(String),
     /// Must match the whole path (it is anchored at both ends).
     Regex(String),
+}
+
+/// A [`NameMatch`] or [`RouteMatch`] as the configuration carries it: `{"kind": "regex", "value": …}`
+/// (one flat shape decodes with less code than serde's adjacently tagged enums).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindValue {
+    kind: String,
+    value: String,
+}
+
+impl TryFrom<KindValue> for NameMatch {
+    type Error = String;
+    fn try_from(w: KindValue) -> Result<NameMatch, String> {
+        match w.kind.as_str() {
+            "exact" => Ok(NameMatch::Exact(w.value)),
+            "regex" => Ok(NameMatch::Regex(w.value)),
+            kind => Err(format!("unknown match kind `{kind}` (exact, regex)")),
+        }
+    }
+}
+
+impl From<NameMatch> for KindValue {
+    fn from(m: NameMatch) -> KindValue {
+        let (kind, value) = match m {
+            NameMatch::Exact(v) => ("exact", v),
+            NameMatch::Regex(v) => ("regex", v),
+        };
+        KindValue { kind: kind.into(), value }
+    }
+}
+
+impl TryFrom<KindValue> for RouteMatch {
+    type Error = String;
+    fn try_from(w: KindValue) -> Result<RouteMatch, String> {
+        match w.kind.as_str() {
+            "exact" => Ok(RouteMatch::Exact(w.value)),
+            "prefix" => Ok(RouteMatch::Prefix(w.value)),
+            "regex" => Ok(RouteMatch::Regex(w.value)),
+            kind => Err(format!("unknown match kind `{kind}` (exact, prefix, regex)")),
+        }
+    }
+}
+
+impl From<RouteMatch> for KindValue {
+    fn from(m: RouteMatch) -> KindValue {
+        let (kind, value) = match m {
+            RouteMatch::Exact(v) => ("exact", v),
+            RouteMatch::Prefix(v) => ("prefix", v),
+            RouteMatch::Regex(v) => ("regex", v),
+        };
+        KindValue { kind: kind.into(), value }
+    }
 }
 
 /// What a path that matches no rule becomes.
@@ -522,5 +707,39 @@ impl PluginConfig {
         names.extend(self.migrations.iter().filter(|m| m.kind == MigrationKind::Label).map(|m| m.old.as_str()));
         names.extend(crate::names::SELF_LABEL_NAMES);
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn flat_wire_shapes_round_trip_and_refuse_what_does_not_belong() {
+        for (json, source) in [
+            (r#"{"kind":"request_method"}"#, Source::RequestMethod),
+            (r#"{"kind":"request_header","name":"x-tenant"}"#, Source::RequestHeader { name: "x-tenant".into() }),
+            (r#"{"kind":"node","key":"LABELS","field":"app"}"#, Source::Node { key: "LABELS".into(), field: Some("app".into()) }),
+            (r#"{"kind":"node","key":"NAME"}"#, Source::Node { key: "NAME".into(), field: None }),
+            (r#"{"kind":"constant","value":"eu"}"#, Source::Constant { value: "eu".into() }),
+            (r#"{"kind":"response_grpc_status_name"}"#, Source::ResponseGrpcStatusName),
+        ] {
+            assert_eq!(serde_json::from_str::<Source>(json).unwrap(), source, "{json}");
+            assert_eq!(serde_json::to_string(&source).unwrap(), json);
+        }
+        for json in [r#"{"kind":"request_method","name":"x"}"#, r#"{"kind":"request_header"}"#, r#"{"kind":"nope"}"#, r#"{"kind":"node","key":"K","other":1}"#] {
+            assert!(serde_json::from_str::<Source>(json).is_err(), "{json}");
+        }
+        let route: RouteMatch = serde_json::from_str(r#"{"kind":"prefix","value":"/api"}"#).unwrap();
+        assert_eq!(route, RouteMatch::Prefix("/api".into()));
+        assert_eq!(serde_json::to_string(&NameMatch::Regex("a.*".into())).unwrap(), r#"{"kind":"regex","value":"a.*"}"#);
+        assert!(serde_json::from_str::<NameMatch>(r#"{"kind":"prefix","value":"a"}"#).is_err());
+        let check: PolicyCheck = serde_json::from_str(r#"{"rule":"forbidden-value","label":"path","pattern":"[0-9]+"}"#).unwrap();
+        assert_eq!(check, PolicyCheck::ForbiddenValue { label: "path".into(), pattern: "[0-9]+".into() });
+        assert_eq!(serde_json::to_string(&PolicyCheck::SeriesLimit { max: 5 }).unwrap(), r#"{"rule":"series-limit","max":5}"#);
+        assert!(serde_json::from_str::<PolicyCheck>(r#"{"rule":"series-limit"}"#).is_err());
     }
 }

@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use crate::config::PluginConfig;
 use crate::exposition::scrape::{decide, is_scrape, Decision, Outcome};
 use crate::exposition::{Format, Rewriter, SCRAPE_ACCEPT};
+use crate::policy::{Policy, ViolationCounter};
 use crate::telemetry::{encode_tags, Engine, Flight, MetricHost, MetricKind, RequestAttributes};
 
 mod attributes;
@@ -48,6 +49,8 @@ struct Exposition {
     paths: Vec<String>,
     outcomes: [Option<u32>; Outcome::ALL.len()],
     missing: Vec<Option<u32>>,
+    /// The contract's policy, judged on each rewritten scrape once it has been sent.
+    violations: Option<RefCell<ViolationCounter>>,
 }
 
 impl Exposition {
@@ -130,8 +133,15 @@ impl RootContext for Root {
             property(&path)
         };
         if let Some(spec) = &config.exposition {
+            let policy = match config.policy.as_ref().map(Policy::new).transpose() {
+                Ok(policy) => policy,
+                Err(e) => {
+                    log::error!("metricpact: refusing to start: invalid plugin configuration: policy: {e}");
+                    return false;
+                }
+            };
             match Rewriter::new(spec, &node, config.max_value_length as usize) {
-                Ok(rewriter) => self.exposition = Some(Rc::new(define_exposition_metrics(rewriter, spec))),
+                Ok(rewriter) => self.exposition = Some(Rc::new(define_exposition_metrics(rewriter, spec, policy))),
                 Err(e) => {
                     log::error!("metricpact: refusing to start: invalid plugin configuration: exposition: {e}");
                     return false;
@@ -175,6 +185,7 @@ impl RootContext for Root {
             response_done: None,
             started_nanos: None,
             scrape: None,
+            judge: None,
         }))
     }
 
@@ -193,6 +204,9 @@ struct Stream {
     started_nanos: Option<u64>,
     /// Set while this stream is a metrics scrape whose response we hold for rewriting.
     scrape: Option<Scrape>,
+    /// A rewritten scrape body for the policy to judge in `on_log`, once the scraper has it
+    /// (judging never delays the response).
+    judge: Option<(Rc<Exposition>, Vec<u8>)>,
 }
 
 struct Scrape {
@@ -201,7 +215,7 @@ struct Scrape {
     format: Option<Format>,
 }
 
-fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::ExpositionSpec) -> Exposition {
+fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::ExpositionSpec, policy: Option<Policy>) -> Exposition {
     let mut outcomes = [None; Outcome::ALL.len()];
     for (slot, outcome) in outcomes.iter_mut().zip(Outcome::ALL) {
         let name = format!("{}.{}", crate::telemetry::EXPOSITION_SCRAPES_METRIC, encode_tags(&[("metricpact_result", outcome.label())]));
@@ -215,7 +229,8 @@ fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::Expositio
             EnvoyStats.define(MetricKind::Counter, &name)
         })
         .collect();
-    Exposition { max_body_bytes: rewriter.max_body_bytes(), rewriter: RefCell::new(rewriter), paths: spec.paths.clone(), outcomes, missing }
+    let violations = policy.map(|p| RefCell::new(ViolationCounter::new(p)));
+    Exposition { max_body_bytes: rewriter.max_body_bytes(), rewriter: RefCell::new(rewriter), paths: spec.paths.clone(), outcomes, missing, violations }
 }
 
 impl Context for Stream {}
@@ -312,6 +327,9 @@ impl HttpContext for Stream {
                             host::increment_metric(*id, 1);
                         }
                     }
+                    if exposition.violations.is_some() {
+                        self.judge = Some((exposition.clone(), rewritten.body));
+                    }
                 }
             }
             Err(e) => exposition.count(Outcome::of_error(&e)),
@@ -325,6 +343,9 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        if let Some((exposition, body)) = self.judge.take() {
+            judge_scrape(&exposition, &body);
+        }
         if !reached(Stage::Labels) {
             // Bench builds only: the clock read and, for failures, the details property.
             if reached(Stage::Properties) {
@@ -346,5 +367,17 @@ impl HttpContext for Stream {
             engine.finish(host, flight, &response);
         }
         report_memory();
+    }
+}
+
+/// Counts the policy's violations in a rewritten scrape (waivers as of now). A body the policy
+/// cannot read was rewritten from one the rewriter read, so this does not happen; if it did, the
+/// log says so (once per scrape, at most every scrape interval).
+fn judge_scrape(exposition: &Exposition, body: &[u8]) {
+    let Some(mut counter) = exposition.violations.as_ref().and_then(|v| v.try_borrow_mut().ok()) else { return };
+    let now = now_nanos().map_or(0, |n| n / 1_000_000_000);
+    let judged = std::str::from_utf8(body).map_err(|e| e.to_string()).and_then(|body| counter.count(&mut EnvoyStats, body, now));
+    if let Err(e) = judged {
+        log::warn!("metricpact: policy: could not judge a scrape: {e}");
     }
 }

@@ -62,6 +62,8 @@ pub const SELF_LABEL_NAMES: &[&str] = &[
     "metricpact_label",
     "metricpact_metric",
     "metricpact_result",
+    "metricpact_rule",
+    "metricpact_severity",
 ];
 
 /// Whether `name` is a valid Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`), without the

@@ -1,14 +1,19 @@
 //! Judging an app's exposition by the contract's `policy`: naming rules (the Prometheus preset:
 //! counters end in `_total`, base units, no type suffix on gauges, snake_case), name patterns,
 //! forbidden labels and values, a series limit per metric, HELP required — with waivers.
-//! Host-independent: `verify --target app` runs it on a saved or live scrape.
+//! Host-independent: `verify --target app` runs it on a saved or live scrape, the filter on every
+//! scrape it rewrites (counting violations by rule and metric). Messages are built natively only:
+//! the filter counts, it does not explain.
 
 use std::collections::BTreeMap;
 
 use regex::Regex;
 
-use crate::config::{PolicyCheck, PolicySpec};
+use crate::config::{PolicyCheck, PolicyRule, PolicySpec};
+use crate::names::OTHER;
+use crate::telemetry::{encode_tags, MetricHost, MetricKind, POLICY_VIOLATIONS_METRIC};
 use crate::exposition::line::{unescape_label_value, walk, Line};
+use crate::exposition::{FastHasher, FastMap};
 
 /// One broken rule, about one metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,13 +26,119 @@ pub struct Violation {
 }
 
 /// A metric as Prometheus stores it: its family (histograms and summaries under their base
-/// name), its type, whether it has a HELP text, its sample names and series.
-#[derive(Debug, Default)]
-struct Metric {
-    kind: String,
+/// name), its type, whether it has a HELP text, its sample names and distinct series (label
+/// sets but `le`/`quantile`, values as written).
+#[derive(Debug)]
+struct Metric<'a> {
+    name: &'a str,
+    kind: &'a str,
     help: bool,
-    samples: Vec<String>,
-    series: Vec<Vec<(String, String)>>,
+    samples: Vec<&'a str>,
+    series: Vec<Vec<(&'a str, &'a str)>>,
+}
+
+/// The suffixes a family's type adds to its samples' names.
+const SAMPLE_SUFFIXES: [&str; 8] = ["_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info"];
+
+fn hash_of(parts: &[&str]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = FastHasher::default();
+    for part in parts {
+        hasher.write(part.as_bytes());
+        hasher.write(&[0xff]);
+    }
+    hasher.finish()
+}
+
+/// The metrics of an exposition (text 0.0.4 or OpenMetrics), in the order they first appear. A
+/// family's samples follow its TYPE line (both formats say so). Families and series are told
+/// apart by a 64-bit hash (of names the app wrote, which it could collide only on purpose, and
+/// then only to under-count itself); the filter judges every scrape with this, so it stays lean:
+/// no sorting, one hash map.
+fn metrics(body: &str) -> Result<Vec<Metric<'_>>, String> {
+    let mut out: Vec<Metric> = Vec::new();
+    // Families by the hash of their name; series by the hash of their family and labels.
+    let mut seen: FastMap<u64, u32> = FastMap::default();
+    fn find_or_add<'a>(out: &mut Vec<Metric<'a>>, seen: &mut FastMap<u64, u32>, name: &'a str, kind: &'a str) -> usize {
+        let key = hash_of(&[name]);
+        if let Some(&i) = seen.get(&key) {
+            if out[i as usize].name == name {
+                return i as usize;
+            }
+        }
+        seen.insert(key, out.len() as u32);
+        out.push(Metric { name, kind, help: false, samples: Vec::new(), series: Vec::new() });
+        out.len() - 1
+    }
+    let mut series_seen: FastMap<u64, u32> = FastMap::default();
+    // The family the last TYPE line or sample was of, and whether a TYPE line opened it; a HELP
+    // line not yet claimed by a family.
+    let mut current: Option<(usize, bool)> = None;
+    let mut help: Option<&str> = None;
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    let mut key: Vec<&str> = Vec::new();
+    walk(body, |line| match line {
+        Line::Type { name, kind } => {
+            let i = find_or_add(&mut out, &mut seen, name, kind);
+            out[i].kind = kind;
+            out[i].help |= help == Some(name);
+            current = Some((i, true));
+        }
+        Line::Help { name, text } => {
+            if text.trim().is_empty() {
+                return;
+            }
+            match current {
+                Some((i, _)) if out[i].name == name => out[i].help = true,
+                _ => help = Some(name),
+            }
+        }
+        Line::Sample(sample) => {
+            let name = sample.name;
+            let belongs = current.filter(|&(i, typed)| {
+                let rest = name.strip_prefix(out[i].name);
+                rest == Some("") || (typed && rest.is_some_and(|r| SAMPLE_SUFFIXES.contains(&r)))
+            });
+            let i = match belongs {
+                Some((i, _)) => i,
+                None => {
+                    let i = find_or_add(&mut out, &mut seen, name, "untyped");
+                    out[i].help |= help == Some(name);
+                    current = Some((i, false));
+                    i
+                }
+            };
+            let m = &mut out[i];
+            if !m.samples.contains(&name) {
+                m.samples.push(name);
+            }
+            labels.clear();
+            labels.extend(sample.labels.iter().filter(|(n, _)| !matches!(*n, "le" | "quantile")));
+            key.clear();
+            key.push(m.name);
+            key.extend(labels.iter().flat_map(|(n, v)| [*n, *v]));
+            let hash = hash_of(&key);
+            if series_seen.insert(hash, 0).is_none() {
+                m.series.push(labels.clone());
+            }
+        }
+    })?;
+    // The text format writes a counter's, histogram's or summary's creation time as a gauge
+    // family of its own (`requestLatencyMs_created`; `jobs_created` for `jobs_total`): judged
+    // with its family, not as a second metric repeating its family's violations.
+    let of_family = |m: &Metric| {
+        let base = m.name.strip_suffix("_created").filter(|_| matches!(m.kind, "gauge" | "untyped"))?;
+        let lookup = |name: &str| seen.get(&hash_of(&[name])).map(|&i| &out[i as usize]).filter(|f| f.name == name);
+        let parent = lookup(base).or_else(|| lookup(&format!("{base}_total")))?;
+        matches!(parent.kind, "counter" | "histogram" | "summary").then_some(())
+    };
+    let created: Vec<bool> = out.iter().map(|m| of_family(m).is_some()).collect();
+    let mut index = 0;
+    out.retain(|_| {
+        index += 1;
+        !created[index - 1]
+    });
+    Ok(out)
 }
 
 /// Non-base unit words and the base unit Prometheus names carry instead.
@@ -57,48 +168,22 @@ const UNITS: &[(&str, &str)] = &[
     ("percent", "ratio"),
 ];
 
-/// The metrics of an exposition (text 0.0.4 or OpenMetrics), in name order.
-fn metrics(body: &str) -> Result<BTreeMap<String, Metric>, String> {
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut helps: Vec<String> = Vec::new();
-    let mut out: BTreeMap<String, Metric> = BTreeMap::new();
-    walk(body, |line| {
-        let sample = match line {
-            Line::Type { name, kind } => {
-                types.insert(name.to_string(), kind.to_string());
-                return;
+/// The words of a name: split at `_` and where a lowercase letter or digit meets an uppercase one
+/// (`requestLatencyMs` → request, Latency, Ms).
+fn words(name: &str) -> impl Iterator<Item = &str> {
+    name.split('_').flat_map(|part| {
+        let bytes = part.as_bytes();
+        let mut start = 0;
+        let mut cuts = Vec::new();
+        for i in 1..bytes.len() {
+            if bytes[i].is_ascii_uppercase() && !bytes[i - 1].is_ascii_uppercase() {
+                cuts.push(&part[start..i]);
+                start = i;
             }
-            Line::Help { name, text } => {
-                if !text.trim().is_empty() {
-                    helps.push(name.to_string());
-                }
-                return;
-            }
-            Line::Sample(sample) => sample,
-        };
-        let name = sample.name;
-        // The family a sample belongs to: its TYPE'd name, with the suffixes its type adds.
-        let family = ["", "_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info"]
-            .iter()
-            .find_map(|suffix| {
-            let base = name.strip_suffix(suffix)?;
-            types.contains_key(base).then(|| base.to_string())
-        })
-        .unwrap_or_else(|| name.to_string());
-        let kind = types.get(&family).cloned().unwrap_or_else(|| "untyped".into());
-        let metric = out.entry(family.clone()).or_default();
-        metric.kind = kind;
-        metric.help = helps.contains(&family);
-        if !metric.samples.iter().any(|s| s == name) {
-            metric.samples.push(name.to_string());
         }
-        let labels: Vec<(String, String)> =
-            sample.labels.iter().filter(|(n, _)| !matches!(*n, "le" | "quantile")).map(|(n, v)| (n.to_string(), unescape_label_value(v).into_owned())).collect();
-        if !metric.series.contains(&labels) {
-            metric.series.push(labels);
-        }
-    })?;
-    Ok(out)
+        cuts.push(&part[start..]);
+        cuts
+    })
 }
 
 fn snake_case(name: &str) -> bool {
@@ -106,110 +191,223 @@ fn snake_case(name: &str) -> bool {
         && name.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
-/// Every violation of `spec` in `body`, by metric then rule; waivers in force at `now_unix`
-/// (seconds) leave their metric's rule out.
-pub fn judge(spec: &PolicySpec, body: &str, now_unix: u64) -> Result<Vec<Violation>, String> {
+/// A contract's policy with its regexes compiled (once: the filter judges every scrape).
+#[derive(Debug)]
+pub struct Policy {
+    spec: PolicySpec,
+    /// Per rule, the anchored regex of a `name-pattern` or `forbidden-value` rule.
+    regexes: Vec<Option<Regex>>,
+}
+
+impl Policy {
+    pub fn new(spec: &PolicySpec) -> Result<Policy, String> {
+        let regexes = spec
+            .rules
+            .iter()
+            .map(|rule| match &rule.check {
+                PolicyCheck::NamePattern { pattern, .. } | PolicyCheck::ForbiddenValue { pattern, .. } => {
+                    Regex::new(&crate::routes::anchored(pattern)).map(Some).map_err(|e| format!("policy regex `{pattern}`: {e}"))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Policy { spec: spec.clone(), regexes })
+    }
+
+    /// Every violation in `body`, by rule then metric (as the metrics appear); waivers in force at `now_unix` (seconds)
+    /// leave their metric's rule out.
+    pub fn judge(&self, body: &str, now_unix: u64) -> Result<Vec<Violation>, String> {
+        judge(&self.spec, &self.regexes, body, now_unix)
+    }
+}
+
+/// Most (rule, metric) series of the violations counter per sidecar; later pairs count under
+/// metric `_OTHER` (the app's exposition decides how many metrics break a rule).
+pub const MAX_VIOLATION_SERIES: u32 = 200;
+
+/// The sidecar's side of the policy: judges each rewritten scrape and counts what it breaks in
+/// `metricpact_policy_violations_total{metricpact_rule, metricpact_metric, metricpact_severity}`,
+/// one per scrape per broken (rule, metric), so a dashboard shows which apps break the contract.
+#[derive(Debug)]
+pub struct ViolationCounter {
+    policy: Policy,
+    /// Counter ids by (rule, metric, error): a scrape repeats the same names.
+    ids: BTreeMap<(&'static str, String, bool), Option<u32>>,
+}
+
+impl ViolationCounter {
+    pub fn new(policy: Policy) -> ViolationCounter {
+        ViolationCounter { policy, ids: BTreeMap::new() }
+    }
+
+    /// Judges one scrape's rewritten body and counts its violations; the number of series
+    /// counted, or why the body could not be judged.
+    pub fn count(&mut self, host: &mut dyn MetricHost, body: &str, now_unix: u64) -> Result<usize, String> {
+        let violations = self.policy.judge(body, now_unix)?;
+        // A metric that breaks a rule twice (two labels not in snake_case) counts once: judge()
+        // reports a rule's violations of one metric together.
+        let mut counted = 0;
+        for (i, v) in violations.iter().enumerate() {
+            if i > 0 && violations[i - 1].rule == v.rule && violations[i - 1].metric == v.metric {
+                continue;
+            }
+            counted += 1;
+            if let Some(id) = self.id(host, v.rule, &v.metric, v.error) {
+                host.increment(id, 1);
+            }
+        }
+        Ok(counted)
+    }
+
+    fn id(&mut self, host: &mut dyn MetricHost, rule: &'static str, metric: &str, error: bool) -> Option<u32> {
+        if let Some(id) = self.ids.get(&(rule, metric.to_string(), error)) {
+            return *id;
+        }
+        let member = format!("{rule}/{metric}");
+        let admitted = self.ids.len() < MAX_VIOLATION_SERIES as usize && host.admit(VIOLATIONS_SCOPE, &member, MAX_VIOLATION_SERIES);
+        let metric = if admitted { metric } else { OTHER };
+        if let Some(id) = self.ids.get(&(rule, metric.to_string(), error)) {
+            return *id;
+        }
+        let severity = if error { "error" } else { "warning" };
+        let tags = encode_tags(&[("metricpact_rule", rule), ("metricpact_metric", metric), ("metricpact_severity", severity)]);
+        let id = host.define(MetricKind::Counter, &format!("{POLICY_VIOLATIONS_METRIC}.{tags}"));
+        self.ids.insert((rule, metric.to_string(), error), id);
+        id
+    }
+}
+
+/// The shared-data budget scope of the violation series.
+const VIOLATIONS_SCOPE: &str = "metricpact.policy";
+
+/// A violation's message, built natively only (the filter counts violations, it logs none).
+macro_rules! says {
+    ($($arg:tt)*) => {{
+        #[cfg(not(target_arch = "wasm32"))]
+        let message = format!($($arg)*);
+        #[cfg(target_arch = "wasm32")]
+        let message = {
+            let _ = || format!($($arg)*);
+            String::new()
+        };
+        message
+    }};
+}
+
+fn judge(spec: &PolicySpec, regexes: &[Option<Regex>], body: &str, now_unix: u64) -> Result<Vec<Violation>, String> {
     let metrics = metrics(body)?;
     let mut out = Vec::new();
-    for rule in &spec.rules {
-        let id = rule.check.id();
-        let mut found = |metric: &str, message: String| {
-            let waived = spec.waivers.iter().any(|w| w.rule == id && w.metric == metric && now_unix < w.expires_unix);
-            if !waived {
-                out.push(Violation { rule: id, error: rule.error, metric: metric.to_string(), message });
-            }
-        };
-        let anchored = |pattern: &str| Regex::new(&crate::routes::anchored(pattern)).map_err(|e| format!("policy regex `{pattern}`: {e}"));
+    for (rule, re) in spec.rules.iter().zip(regexes) {
+        let mut found = Found { spec, rule, now_unix, out: &mut out };
         match &rule.check {
             PolicyCheck::CounterSuffix => {
-                for (name, m) in metrics.iter().filter(|(_, m)| m.kind == "counter") {
+                for m in metrics.iter().filter(|m| m.kind == "counter") {
                     for sample in m.samples.iter().filter(|s| !s.ends_with("_total") && !s.ends_with("_created")) {
-                        found(name, format!("counter `{sample}` is stored without `_total`"));
+                        found.at(m.name, says!("counter `{sample}` is stored without `_total`"));
                     }
                 }
             }
             PolicyCheck::BaseUnit => {
-                for name in metrics.keys() {
-                    if let Some((word, base)) = name.split('_').find_map(|w| UNITS.iter().find(|(u, _)| *u == w)) {
-                        found(name, format!("`{name}` is in `{word}`: Prometheus names carry the base unit (`_{base}`), and values in it"));
+                for m in &metrics {
+                    if let Some((word, base)) = words(m.name).find_map(|w| UNITS.iter().find(|(u, _)| u.eq_ignore_ascii_case(w))) {
+                        found.at(m.name, says!("`{}` is in `{}`: Prometheus names carry the base unit (`_{base}`), and values in it", m.name, word.to_ascii_lowercase()));
                     }
                 }
             }
             PolicyCheck::GaugeTypeSuffix => {
-                for (name, _) in metrics.iter().filter(|(_, m)| m.kind == "gauge") {
-                    if let Some(suffix) = ["_total", "_count", "_sum", "_bucket"].iter().find(|s| name.ends_with(**s)) {
-                        found(name, format!("gauge `{name}` ends in `{suffix}`, which names a counter or a histogram's series"));
+                for m in metrics.iter().filter(|m| m.kind == "gauge") {
+                    if let Some(suffix) = ["_total", "_count", "_sum", "_bucket"].iter().find(|s| m.name.ends_with(**s)) {
+                        found.at(m.name, says!("gauge `{}` ends in `{suffix}`, which names a counter or a histogram's series", m.name));
                     }
                 }
             }
             PolicyCheck::SnakeCase => {
-                for (name, m) in &metrics {
-                    if !snake_case(name) {
-                        found(name, format!("`{name}` is not snake_case (lowercase words joined by `_`)"));
+                for m in &metrics {
+                    if !snake_case(m.name) {
+                        found.at(m.name, says!("`{}` is not snake_case (lowercase words joined by `_`)", m.name));
                     }
-                    let mut labels: Vec<&str> = m.series.iter().flatten().map(|(l, _)| l.as_str()).collect();
-                    labels.sort_unstable();
-                    labels.dedup();
-                    for label in labels.into_iter().filter(|l| !snake_case(l)) {
-                        found(name, format!("label `{label}` of `{name}` is not snake_case"));
+                    let mut labels: Vec<&str> = Vec::new();
+                    for (label, _) in m.series.iter().flatten().filter(|(l, _)| !snake_case(l)) {
+                        if !labels.contains(label) {
+                            labels.push(label);
+                        }
+                    }
+                    for label in labels {
+                        found.at(m.name, says!("label `{label}` of `{}` is not snake_case", m.name));
                     }
                 }
             }
             PolicyCheck::NamePattern { pattern, metric_type } => {
-                let re = anchored(pattern)?;
-                for (name, _) in metrics.iter().filter(|(_, m)| metric_type.as_ref().is_none_or(|t| *t == m.kind)) {
-                    if !re.is_match(name) {
-                        let scope = metric_type.as_ref().map(|t| format!("{t} ")).unwrap_or_default();
-                        found(name, format!("{scope}`{name}` does not match `{pattern}`"));
+                let Some(re) = re else { continue };
+                for m in metrics.iter().filter(|m| metric_type.as_ref().is_none_or(|t| t == m.kind)) {
+                    if !re.is_match(m.name) {
+                        found.at(m.name, says!("{}`{}` does not match `{pattern}`", metric_type.as_ref().map(|t| format!("{t} ")).unwrap_or_default(), m.name));
                     }
                 }
             }
             PolicyCheck::ForbiddenLabel { label } => {
-                for (name, m) in &metrics {
-                    if m.series.iter().flatten().any(|(l, _)| l == label) {
-                        found(name, format!("`{name}` carries the forbidden label `{label}`"));
-                    }
+                for m in metrics.iter().filter(|m| m.series.iter().flatten().any(|(l, _)| l == label)) {
+                    found.at(m.name, says!("`{}` carries the forbidden label `{label}`", m.name));
                 }
             }
             PolicyCheck::ForbiddenValue { label, pattern } => {
-                let re = anchored(pattern)?;
-                for (name, m) in &metrics {
-                    let mut bad: Vec<&str> = m.series.iter().flatten().filter(|(l, v)| l == label && re.is_match(v)).map(|(_, v)| v.as_str()).collect();
-                    bad.sort_unstable();
-                    bad.dedup();
-                    if let Some(first) = bad.first() {
-                        let more = if bad.len() > 1 { format!(" (and {} more)", bad.len() - 1) } else { String::new() };
-                        found(name, format!("`{name}` has `{label}=\"{first}\"`{more}, a value matching the forbidden `{pattern}`"));
+                let Some(re) = re else { continue };
+                for m in &metrics {
+                    let mut bad = m.series.iter().flatten().filter(|(l, v)| l == label && re.is_match(&unescape_label_value(v)));
+                    if let Some((_, first)) = bad.next() {
+                        let more = bad.count();
+                        found.at(m.name, says!("`{}` has `{label}=\"{}\"`{}, a value matching the forbidden `{pattern}`", m.name, unescape_label_value(first), if more > 0 { format!(" (and {more} more series)") } else { String::new() }));
                     }
                 }
             }
             PolicyCheck::SeriesLimit { max } => {
-                for (name, m) in metrics.iter().filter(|(_, m)| m.series.len() > *max as usize) {
-                    found(name, format!("`{name}` has {} series, over the policy's {max}", m.series.len()));
+                for m in metrics.iter().filter(|m| m.series.len() > *max as usize) {
+                    found.at(m.name, says!("`{}` has {} series, over the policy's {max}", m.name, m.series.len()));
                 }
             }
             PolicyCheck::HelpRequired => {
-                for (name, _) in metrics.iter().filter(|(_, m)| !m.help) {
-                    found(name, format!("`{name}` has no HELP text"));
+                for m in metrics.iter().filter(|m| !m.help) {
+                    found.at(m.name, says!("`{}` has no HELP text", m.name));
                 }
             }
         }
     }
-    out.sort_by(|a, b| a.metric.cmp(&b.metric).then(a.rule.cmp(b.rule)));
     Ok(out)
+}
+
+/// Where one rule's violations go: out, unless a waiver in force holds them back.
+struct Found<'a> {
+    spec: &'a PolicySpec,
+    rule: &'a PolicyRule,
+    now_unix: u64,
+    out: &'a mut Vec<Violation>,
+}
+
+impl Found<'_> {
+    fn at(&mut self, metric: &str, message: String) {
+        let id = self.rule.check.id();
+        if !self.spec.waivers.iter().any(|w| w.rule == id && w.metric == metric && self.now_unix < w.expires_unix) {
+            self.out.push(Violation { rule: id, error: self.rule.error, metric: metric.to_string(), message });
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
-    use crate::config::{PolicyRule, Waiver};
+    use crate::config::Waiver;
 
     fn spec(checks: Vec<PolicyCheck>) -> PolicySpec {
         PolicySpec { rules: checks.into_iter().map(|check| PolicyRule { error: true, check }).collect(), waivers: Vec::new() }
     }
 
     fn found(spec: &PolicySpec, body: &str) -> Vec<(&'static str, String)> {
-        judge(spec, body, 0).unwrap().into_iter().map(|v| (v.rule, v.metric)).collect()
+        let mut found: Vec<_> = Policy::new(spec).unwrap().judge(body, 0).unwrap().into_iter().map(|v| (v.rule, v.metric)).collect();
+        found.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+        found
     }
 
     const BODY: &str = "\
@@ -251,6 +449,8 @@ queue_depth_total{Queue=\"a\"} 4
         assert_eq!(found(&s, "# TYPE jobs counter\njobs 1\n"), [("counter-suffix", "jobs".to_string())]);
     }
 
+    // Messages are built natively only.
+    #[cfg(not(target_arch = "wasm32"))]
     #[test]
     fn patterns_labels_values_and_limits() {
         let s = spec(vec![
@@ -259,7 +459,8 @@ queue_depth_total{Queue=\"a\"} 4
             PolicyCheck::ForbiddenValue { label: "Queue".into(), pattern: "[a-z]".into() },
             PolicyCheck::SeriesLimit { max: 0 },
         ]);
-        let got = judge(&s, BODY, 0).unwrap();
+        let mut got = Policy::new(&s).unwrap().judge(BODY, 0).unwrap();
+        got.sort_by(|a, b| (&a.metric, a.rule).cmp(&(&b.metric, b.rule)));
         let messages: Vec<String> = got.iter().map(|v| format!("{} {}: {}", v.rule, v.metric, v.message)).collect();
         assert_eq!(
             messages,
@@ -279,7 +480,86 @@ queue_depth_total{Queue=\"a\"} 4
     fn a_waiver_holds_until_it_expires() {
         let mut s = spec(vec![PolicyCheck::BaseUnit]);
         s.waivers.push(Waiver { rule: "base-unit".into(), metric: "latency_ms".into(), reason: "r".into(), expires: "2027-01-01".into(), expires_unix: 1_798_761_600 });
-        assert_eq!(judge(&s, BODY, 1_798_761_599).unwrap(), []);
-        assert_eq!(judge(&s, BODY, 1_798_761_600).unwrap().len(), 1);
+        let policy = Policy::new(&s).unwrap();
+        assert_eq!(policy.judge(BODY, 1_798_761_599).unwrap(), []);
+        assert_eq!(policy.judge(BODY, 1_798_761_600).unwrap().len(), 1);
+    }
+
+    /// Counts by full metric name, with a shared budget like Envoy's shared data.
+    #[derive(Default)]
+    struct Stats {
+        names: Vec<String>,
+        values: BTreeMap<String, i64>,
+        admitted: Vec<String>,
+    }
+
+    impl MetricHost for Stats {
+        fn define(&mut self, _kind: MetricKind, name: &str) -> Option<u32> {
+            self.names.push(name.to_string());
+            Some(self.names.len() as u32 - 1)
+        }
+        fn increment(&mut self, id: u32, delta: i64) {
+            *self.values.entry(self.names[id as usize].clone()).or_default() += delta;
+        }
+        fn record(&mut self, _id: u32, _value: u64) {}
+        fn admit(&mut self, _scope: &str, member: &str, max: u32) -> bool {
+            if !self.admitted.iter().any(|m| m == member) && self.admitted.len() < max as usize {
+                self.admitted.push(member.to_string());
+            }
+            self.admitted.iter().any(|m| m == member)
+        }
+    }
+
+    #[test]
+    fn the_sidecar_counts_each_violation_once_per_scrape_by_rule_metric_and_severity() {
+        let mut s = spec(vec![PolicyCheck::BaseUnit, PolicyCheck::HelpRequired]);
+        s.rules[1].error = false;
+        let mut counter = ViolationCounter::new(Policy::new(&s).unwrap());
+        let mut stats = Stats::default();
+        for _ in 0..3 {
+            assert_eq!(counter.count(&mut stats, BODY, 0).unwrap(), 2);
+        }
+        let counted: Vec<(&str, i64)> = stats.values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            counted,
+            [
+                ("metricpact_policy_violations_total.metricpact_rule=.=base-unit;.;metricpact_metric=.=latency_ms;.;metricpact_severity=.=error;.;", 3),
+                ("metricpact_policy_violations_total.metricpact_rule=.=help-required;.;metricpact_metric=.=jobs_failed;.;metricpact_severity=.=warning;.;", 3),
+            ]
+        );
+        assert_eq!(stats.names.len(), 2, "defined once each");
+    }
+
+    #[test]
+    fn violation_series_beyond_the_budget_count_under_other() {
+        let body: String = (0..MAX_VIOLATION_SERIES + 5).map(|i| format!("# TYPE m{i}_ms gauge\nm{i}_ms 1\n")).collect();
+        let mut counter = ViolationCounter::new(Policy::new(&spec(vec![PolicyCheck::BaseUnit])).unwrap());
+        let mut stats = Stats::default();
+        assert_eq!(counter.count(&mut stats, &body, 0).unwrap(), MAX_VIOLATION_SERIES as usize + 5);
+        assert_eq!(stats.values.len(), MAX_VIOLATION_SERIES as usize + 1);
+        assert_eq!(stats.values["metricpact_policy_violations_total.metricpact_rule=.=base-unit;.;metricpact_metric=.=_OTHER;.;metricpact_severity=.=error;.;"], 5);
+    }
+
+    #[test]
+    fn families_and_series_are_told_apart_wherever_their_lines_are() {
+        // A histogram's series counted once for all its lines; an untyped family written in two
+        // places is one metric; HELP before or after TYPE.
+        let body = "# TYPE h histogram\nh_bucket{a=\"1\",le=\"1\"} 1\nh_bucket{a=\"1\",le=\"+Inf\"} 1\nh_sum{a=\"1\"} 1\nh_count{a=\"1\"} 1\n\
+h_bucket{a=\"2\",le=\"+Inf\"} 1\nh_count{a=\"2\"} 1\n# HELP h H.\nu 1\n# HELP g G.\n# TYPE g gauge\ng 1\nu{x=\"y\"} 2\n\
+# TYPE h_created gauge\nh_created{a=\"1\"} 1.7e9\n# TYPE c_total counter\nc_total 1\n# TYPE c_created gauge\nc_created 1.7e9\n\
+# TYPE g_created gauge\ng_created 1\n";
+        let got = metrics(body).unwrap();
+        let shape: Vec<(&str, &str, bool, usize, Vec<&str>)> = got.iter().map(|m| (m.name, m.kind, m.help, m.series.len(), m.samples.clone())).collect();
+        assert_eq!(
+            shape,
+            [
+                ("h", "histogram", true, 2, vec!["h_bucket", "h_sum", "h_count"]),
+                ("u", "untyped", false, 2, vec!["u"]),
+                ("g", "gauge", true, 1, vec!["g"]),
+                ("c_total", "counter", false, 1, vec!["c_total"]),
+                ("g_created", "gauge", false, 1, vec!["g_created"]),
+            ],
+            "the text format's `_created` gauges of counters and histograms are part of them"
+        );
     }
 }

@@ -216,7 +216,7 @@ pub fn verify(config: &PluginConfig, body: &str, target: Target) -> Result<Repor
     // The app's own metrics judged by the contract's policy (waivers as of today).
     if let (Target::App, Some(policy)) = (target, &config.policy) {
         let now = super::migrations::today().map(|day| (day.max(0) as u64) * 86_400)?;
-        for v in crate::policy::judge(policy, body, now)? {
+        for v in crate::policy::Policy::new(policy)?.judge(body, now)? {
             find(if v.error { Severity::Error } else { Severity::Warning }, v.rule, &v.metric, v.message);
         }
     }

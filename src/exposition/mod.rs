@@ -18,6 +18,9 @@ pub(crate) mod line;
 mod rules;
 pub mod scrape;
 
+/// The fast non-keyed hash map of names from the app's exposition (the policy judges them too).
+pub(crate) use rules::{FastHasher, FastMap};
+
 pub use error::{Problem, RewriteError};
 pub use format::{Format, OPENMETRICS_CONTENT_TYPE, SCRAPE_ACCEPT, TEXT_CONTENT_TYPE};
 pub use rules::Rewriter;

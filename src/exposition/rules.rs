@@ -31,7 +31,7 @@ pub(super) enum ValueRule {
 /// Hashes held series keys: they come from the app's exposition, which the sidecar trusts as much
 /// as the app itself, so a fast non-keyed hash (FxHash's) is enough.
 #[derive(Default)]
-pub(super) struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -50,7 +50,7 @@ impl std::hash::Hasher for FastHasher {
 }
 
 /// Maps keyed by names from the contract or the app's exposition (see [`FastHasher`]).
-pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// A map keyed by label names, looked up for every label of every sample: the few entries a
 /// contract usually has are scanned (comparing lengths first), which costs less than hashing

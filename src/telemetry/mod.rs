@@ -30,14 +30,17 @@ pub const LABEL_OVERFLOW_METRIC: &str = "metricpact_label_overflow_total";
 pub const SERIES_OVERFLOW_METRIC: &str = "metricpact_series_overflow_total";
 pub const EXPOSITION_SCRAPES_METRIC: &str = "metricpact_exposition_scrapes_total";
 pub const MISSING_REQUIRED_METRIC: &str = "metricpact_exposition_missing_required_total";
+/// Policy violations found in the app's scrapes, by rule, metric and severity (`policy.rs`).
+pub const POLICY_VIOLATIONS_METRIC: &str = "metricpact_policy_violations_total";
 /// Largest linear memory of the sidecar's metricpact VMs, in bytes (Wasm memory only grows).
 pub const VM_MEMORY_METRIC: &str = "metricpact_vm_memory_bytes";
-pub const SELF_METRIC_NAMES: [&str; 6] = [
+pub const SELF_METRIC_NAMES: [&str; 7] = [
     CONTRACT_INFO_METRIC,
     LABEL_OVERFLOW_METRIC,
     SERIES_OVERFLOW_METRIC,
     EXPOSITION_SCRAPES_METRIC,
     MISSING_REQUIRED_METRIC,
+    POLICY_VIOLATIONS_METRIC,
     VM_MEMORY_METRIC,
 ];
 

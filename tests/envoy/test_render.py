@@ -37,7 +37,7 @@ ROUTER = "envoy.filters.http.router"
 ANCHOR = "envoy.filters.http.grpc_stats"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 SELF_LABELS = ["metricpact_contract_name", "metricpact_contract_version", "metricpact_contract_hash",
-               "metricpact_label", "metricpact_metric", "metricpact_result"]
+               "metricpact_label", "metricpact_metric", "metricpact_result", "metricpact_rule", "metricpact_severity"]
 # Tag names Istio's bootstrap already extracts: an extraStatTags entry must not reuse them.
 ISTIO_TAG_NAMES = {t["tag_name"] for t in ISTIO_STATS_TAGS_BEFORE + ISTIO_STATS_TAGS_AFTER}
 EXAMPLE_SHA256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
