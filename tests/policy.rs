@@ -139,3 +139,56 @@ fn diff_calls_a_tightened_policy_breaking_for_the_apps_that_break_it() {
         (Some(0), format!("{}: compatible[policy-loosened]: `base-unit` waived for `http_request_duration_ms` until 2027-03-31\n", waived.display()))
     );
 }
+
+#[test]
+fn diff_calls_a_new_or_stricter_cross_check_breaking() {
+    let check = |tolerance: u32| format!("{PRESET}  cross_checks:\n    - {{app: app_requests_total, tolerance_percent: {tolerance}}}\n");
+    let none = contract("cc-none.yaml", PRESET);
+    let loose = contract("cc-loose.yaml", &check(10));
+    let strict = contract("cc-strict.yaml", &check(5));
+    let diff = |a: &Path, b: &Path| {
+        let out = metricpact_on("2026-11-23", &["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    assert_eq!(
+        diff(&none, &loose),
+        (
+            Some(1),
+            format!(
+                "{}: breaking[policy-tightened]: cross-check of `app_requests_total` against `http_server_requests_total` added (tolerance 10 %)\n\
+                 \x20   breaks: verify --target cross-check, for every app whose `app_requests_total` drifts from `http_server_requests_total` by more than 10 %\n",
+                loose.display()
+            )
+        )
+    );
+    assert_eq!(diff(&loose, &strict).0, Some(1));
+    assert_eq!(
+        diff(&strict, &loose),
+        (Some(0), format!("{}: compatible[policy-loosened]: cross-check of `app_requests_total`: tolerance raised to 10 % (was 5 %)\n", loose.display()))
+    );
+    assert_eq!(diff(&loose, &none), (Some(0), format!("{}: compatible[policy-loosened]: cross-check of `app_requests_total` removed\n", none.display())));
+}
+
+#[test]
+fn a_cross_check_without_its_inputs_is_a_usage_error() {
+    let without = contract("cc-without.yaml", PRESET);
+    let with = contract("cc-with.yaml", &format!("{PRESET}  cross_checks:\n    - {{app: app_requests_total}}\n"));
+    let run = |args: &[&str]| {
+        let out = metricpact_on("2026-11-23", args);
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (w, wo) = (with.to_str().unwrap(), without.to_str().unwrap());
+    assert_eq!(
+        run(&["verify", w, "--target", "cross-check"]),
+        (Some(2), "metricpact: --target cross-check needs --app-url and --sidecar-url (two scrapes of each), or --prometheus URL\n".into())
+    );
+    assert_eq!(
+        run(&["verify", wo, "--target", "cross-check", "--prometheus", "http://127.0.0.1:9"]),
+        (Some(2), format!("{wo}: the contract's policy has no cross_checks\n"))
+    );
+    assert_eq!(
+        run(&["verify", w, "--target", "app", "--window", "5m", "-"]),
+        (Some(2), "metricpact: --app-url, --sidecar-url, --prometheus and --window are for --target cross-check\n".into())
+    );
+    assert_eq!(run(&["verify", w, "--target", "cross-check", "--prometheus", "http://127.0.0.1:9", "--window", "5x"]).0, Some(2));
+}

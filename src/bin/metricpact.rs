@@ -96,9 +96,32 @@ enum Command {
         /// Scrape this http:// URL.
         #[arg(long)]
         url: Option<String>,
-        /// `sidecar`: the traffic metrics and their labels; `app`: the exposition's required metrics.
+        /// `sidecar`: the traffic metrics and their labels; `app`: the exposition's required metrics
+        /// and the policy; `cross-check`: the policy's honesty checks over a window (--app-url and
+        /// --sidecar-url scraped twice, or --prometheus).
         #[arg(long, value_enum, default_value_t = VerifyTarget::Sidecar)]
         target: VerifyTarget,
+        /// cross-check: the app's metrics endpoint as Prometheus scrapes it (through the sidecar,
+        /// so the rewrite applies), e.g. http://POD:8080/metrics.
+        #[arg(long, requires = "sidecar_url", conflicts_with_all = ["url", "input", "prometheus"])]
+        app_url: Option<String>,
+        /// cross-check: the sidecar's metrics, e.g. http://POD:15090/stats/prometheus.
+        #[arg(long, requires = "app_url")]
+        sidecar_url: Option<String>,
+        /// cross-check: a Prometheus scraping both (http://HOST:9090); the window ends at --end.
+        #[arg(long, conflicts_with_all = ["url", "input"])]
+        prometheus: Option<String>,
+        /// cross-check with --prometheus: label matchers both metrics are selected by, e.g.
+        /// `namespace="shop",pod=~"cart-.*"`.
+        #[arg(long, default_value = "", requires = "prometheus")]
+        selector: String,
+        /// cross-check: how long the window is (`30s`, `5m`, `1h`). Default 30s between two
+        /// scrapes, 5m with --prometheus.
+        #[arg(long)]
+        window: Option<String>,
+        /// cross-check with --prometheus: when the window ends (Unix seconds; default now).
+        #[arg(long, requires = "prometheus")]
+        end: Option<f64>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -242,6 +265,7 @@ struct RenderArgs {
 enum VerifyTarget {
     Sidecar,
     App,
+    CrossCheck,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -329,7 +353,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Render(args) => render(args, &mut out),
         Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
-        Command::Verify { contract, input, file, url, target, format } => {
+        Command::Verify { contract, input, file, url, target, format, app_url, sidecar_url, prometheus, selector, window, end } => {
+            if matches!(target, VerifyTarget::CrossCheck) {
+                let source = match (app_url, sidecar_url, prometheus) {
+                    (Some(app), Some(sidecar), None) => CountSource::Scrapes { app, sidecar },
+                    (None, None, Some(url)) => CountSource::Prometheus { url, selector, end },
+                    _ => anyhow::bail!("--target cross-check needs --app-url and --sidecar-url (two scrapes of each), or --prometheus URL"),
+                };
+                return cross_check(&contract.only()?, source, window.as_deref(), format, &mut out);
+            }
+            if app_url.is_some() || prometheus.is_some() || window.is_some() {
+                anyhow::bail!("--app-url, --sidecar-url, --prometheus and --window are for --target cross-check");
+            }
             let (contract, input) = if url.is_some() { (contract.only()?, None) } else { contract.resolve(input.or(file))? };
             verify(&contract, input, url, target, format, &mut out)
         }
@@ -715,7 +750,7 @@ fn verify(contract: &std::path::Path, file: Option<PathBuf>, url: Option<String>
     let body = String::from_utf8(body).map_err(|_| anyhow::anyhow!("{source}: the exposition is not UTF-8"))?;
     let target = match target {
         VerifyTarget::Sidecar => Target::Sidecar,
-        VerifyTarget::App => Target::App,
+        VerifyTarget::App | VerifyTarget::CrossCheck => Target::App,
     };
     let report = verify(&config, &body, target).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     // A saved exposition is the file the findings are about (GitHub annotates it when it is in
@@ -742,4 +777,140 @@ fn verify(contract: &std::path::Path, file: Option<PathBuf>, url: Option<String>
         )?;
     }
     Ok(if violated { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Where a cross-check's counts come from.
+enum CountSource {
+    /// Both endpoints scraped at the window's start and end.
+    Scrapes { app: String, sidecar: String },
+    /// Instant queries at the window's start and end.
+    Prometheus { url: String, selector: String, end: Option<f64> },
+}
+
+/// `30s`, `5m`, `1h` (or plain seconds) in seconds.
+fn window_seconds(window: &str) -> anyhow::Result<u64> {
+    let (digits, unit) = match window.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => window.split_at(i),
+        None => (window, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| anyhow::anyhow!("--window `{window}`: expected a duration like 30s, 5m or 1h"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => anyhow::bail!("--window `{window}`: expected a duration like 30s, 5m or 1h"),
+    };
+    if seconds == 0 {
+        anyhow::bail!("--window must be longer than 0");
+    }
+    Ok(seconds)
+}
+
+/// `verify --target cross-check`: every honesty check of the contract's policy over one window.
+fn cross_check(contract: &std::path::Path, source: CountSource, window: Option<&str>, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    use metricpact::contract::crosscheck::{difference, groups_of_query, snapshot, Side};
+
+    let compiled = compile_file(contract);
+    let checks = compiled.deployment.cross_checks.clone();
+    if let Err(code) = usable(compiled) {
+        return Ok(code);
+    }
+    if checks.is_empty() {
+        eprintln!("{}: the contract's policy has no cross_checks", contract.display());
+        return Ok(ExitCode::from(2));
+    }
+    let default = if matches!(source, CountSource::Prometheus { .. }) { "5m" } else { "30s" };
+    let seconds = window_seconds(window.unwrap_or(default))?;
+    let label = format!("{seconds} s");
+    let mut findings = Vec::new();
+    match source {
+        CountSource::Scrapes { app, sidecar } => {
+            // Both endpoints at (nearly) the same instant: a request finishing between the two
+            // scrapes would count on one side only.
+            let both = || -> anyhow::Result<(String, String)> {
+                let (a, s) = std::thread::scope(|scope| {
+                    let a = scope.spawn(|| http_get(&app));
+                    let s = scope.spawn(|| http_get(&sidecar));
+                    (a.join(), s.join())
+                });
+                let text = |body: anyhow::Result<Vec<u8>>, url: &str| -> anyhow::Result<String> {
+                    String::from_utf8(body?).map_err(|_| anyhow::anyhow!("{url}: the exposition is not UTF-8"))
+                };
+                Ok((text(a.map_err(|_| anyhow::anyhow!("{app}: scrape failed"))?, &app)?, text(s.map_err(|_| anyhow::anyhow!("{sidecar}: scrape failed"))?, &sidecar)?))
+            };
+            let (app0, sidecar0) = both()?;
+            eprintln!("metricpact: cross-check: first scrapes done; the second in {seconds} s");
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            let (app1, sidecar1) = both()?;
+            for check in &checks {
+                let counts = |side: Side, before: &str, after: &str, url: &str| -> anyhow::Result<Result<_, String>> {
+                    let metric = check.metric(side);
+                    let before = snapshot(before, metric).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+                    let after = snapshot(after, metric).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+                    Ok(check.increase(side, &before, &after))
+                };
+                match (counts(Side::App, &app0, &app1, &app)?, counts(Side::Sidecar, &sidecar0, &sidecar1, &sidecar)?) {
+                    (Ok(a), Ok(s)) => findings.extend(check.judge(&a, &s, &label)),
+                    (Err(e), _) | (_, Err(e)) => findings.push(reset_finding(check, e)),
+                }
+            }
+        }
+        CountSource::Prometheus { url, selector, end } => {
+            let end = match end {
+                Some(end) => end,
+                None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64(),
+            };
+            let start = end - seconds as f64;
+            for check in &checks {
+                let mut groups = Vec::new();
+                for side in [Side::App, Side::Sidecar] {
+                    let query = check.prometheus_query(side, &selector);
+                    let at = |time: f64| -> anyhow::Result<_> {
+                        let result = prometheus_query(&url, &query, time)?;
+                        groups_of_query(check, side, &result).map_err(|e| anyhow::anyhow!("{url}: `{query}`: {e}"))
+                    };
+                    groups.push(difference(&at(end)?, &at(start)?));
+                    let resets = prometheus_query(&url, &check.prometheus_resets_query(side, &selector, seconds), end)?;
+                    let count = resets[0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                    if count > 0.0 {
+                        groups.clear();
+                        findings.push(reset_finding(check, format!("`{}` was reset {count} times in the window (a restart)", check.metric(side))));
+                        break;
+                    }
+                }
+                if let [app, sidecar] = &groups[..] {
+                    findings.extend(check.judge(app, sidecar, &label));
+                }
+            }
+        }
+    }
+    let violated = findings.iter().any(|f| f.severity == Severity::Error);
+    findings::write(out, format.into(), findings::Command::Verify, &findings, !violated, serde_json::Map::new())?;
+    Ok(if violated { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// A window a counter reset cut: no verdict, and an error (the check did not run).
+fn reset_finding(check: &metricpact::contract::crosscheck::CrossCheck, message: String) -> findings::Finding {
+    findings::Finding {
+        severity: Severity::Error,
+        rule: Some(metricpact::contract::crosscheck::RULE),
+        subject: Some(check.app.clone()),
+        message: format!("{message}: no verdict for this window; run it again"),
+        ..findings::Finding::default()
+    }
+}
+
+/// `data.result` of a Prometheus instant query at `time`.
+fn prometheus_query(base: &str, query: &str, time: f64) -> anyhow::Result<serde_json::Value> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let url = format!("{}/api/v1/query?query={encoded}&time={time:.3}", base.trim_end_matches('/'));
+    let body = http_get(&url).map_err(|e| anyhow::anyhow!("Prometheus `{query}`: {e}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("Prometheus `{query}`: {e}"))?;
+    if answer["status"] != "success" {
+        anyhow::bail!("Prometheus `{query}`: {}", answer["error"].as_str().unwrap_or("failed"));
+    }
+    Ok(answer["data"]["result"].clone())
 }

@@ -24,6 +24,8 @@ pub struct Deployment {
     pub metrics_port: Option<u16>,
     /// How Prometheus stores the duration histogram (the filter records it the same way).
     pub histogram: HistogramMode,
+    /// The policy's honesty checks (`verify --target cross-check`).
+    pub cross_checks: Vec<super::crosscheck::CrossCheck>,
 }
 
 /// Classic (`_bucket` series) or native (exponential) duration histograms in Prometheus.
@@ -178,6 +180,7 @@ pub fn lower(contract: &Contract, server: &PluginConfig, report: &mut dyn Report
     }
     Deployment {
         histogram,
+        cross_checks: super::crosscheck::lower(contract, server, report),
         client: client_config(contract, server, report),
         workload: workload(contract, report),
         autoscaling: contract.autoscaling.as_ref().and_then(|a| autoscaling(a, server, histogram, report)),

@@ -4,6 +4,7 @@
 
 use crate::config::{LabelSpec, Migration, MigrationKind, PluginConfig, PolicyCheck, PolicyRule, PolicySpec, RouteMatch};
 
+use super::crosscheck::CrossCheck;
 use super::deploy::{Deployment, HistogramMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -251,6 +252,7 @@ pub fn diff(old: &PluginConfig, old_deploy: &Deployment, new: &PluginConfig, new
         }
     }
     policy(&mut d, old.policy.as_ref(), new.policy.as_ref());
+    cross_checks(&mut d, &old_deploy.cross_checks, &new_deploy.cross_checks);
     d.changes.sort_by_key(|c| std::cmp::Reverse(c.severity));
     d.changes
 }
@@ -306,6 +308,33 @@ fn policy(d: &mut Differ<'_>, old: Option<&PolicySpec>, new: Option<&PolicySpec>
             let breaks = vec![format!("verify --target app, for apps where `{}` still breaks `{}`", w.metric, w.rule)];
             d.push(Impact::Breaking, "policy-tightened", format!("the waiver of `{}` for `{}` is withdrawn (it ran until {})", w.rule, w.metric, w.expires), breaks);
         }
+    }
+}
+
+/// A cross-check added or made stricter breaks `verify --target cross-check` for every app whose
+/// counter drifts from the sidecar's by more than the new tolerance.
+fn cross_checks(d: &mut Differ<'_>, old: &[CrossCheck], new: &[CrossCheck]) {
+    let fails = |c: &CrossCheck| vec![format!("verify --target cross-check, for every app whose `{}` drifts from `{}` by more than {} %", c.app, c.sidecar, c.tolerance_percent)];
+    for n in new {
+        match old.iter().find(|o| o.app == n.app) {
+            None => d.push(Impact::Breaking, "policy-tightened", format!("cross-check of `{}` against `{}` added (tolerance {} %)", n.app, n.sidecar, n.tolerance_percent), fails(n)),
+            Some(o) if n.tolerance_percent < o.tolerance_percent => d.push(
+                Impact::Breaking,
+                "policy-tightened",
+                format!("cross-check of `{}`: tolerance lowered to {} % (was {} %)", n.app, n.tolerance_percent, o.tolerance_percent),
+                fails(n),
+            ),
+            Some(o) if n.tolerance_percent > o.tolerance_percent => d.push(
+                Impact::Compatible,
+                "policy-loosened",
+                format!("cross-check of `{}`: tolerance raised to {} % (was {} %)", n.app, n.tolerance_percent, o.tolerance_percent),
+                vec![],
+            ),
+            Some(_) => {}
+        }
+    }
+    for o in old.iter().filter(|o| !new.iter().any(|n| n.app == o.app)) {
+        d.push(Impact::Compatible, "policy-loosened", format!("cross-check of `{}` removed", o.app), vec![]);
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod compile;
+pub mod crosscheck;
 pub mod deploy;
 pub mod diff;
 pub mod verify;

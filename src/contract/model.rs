@@ -119,6 +119,70 @@ pub struct NamingPolicyDef {
     #[serde(default)]
     #[schemars(with = "Option<Vec<WaiverDef>>")]
     pub waivers: Option<Vec<Spanned<WaiverDef>>>,
+    /// Honesty checks: an app counter that measures the same requests as a sidecar metric.
+    /// `verify --target cross-check` compares their increase over a window (two scrapes of both,
+    /// or a Prometheus), the sidecar's count being the truth the app's is judged against.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<CrossCheckDef>>")]
+    pub cross_checks: Option<Vec<Spanned<CrossCheckDef>>>,
+}
+
+/// `{app: app_requests_total, match: [{app: code, sidecar: http_response_status_code, by: status_class}],
+/// exclude: {http_route: '/metrics|/healthz'}, tolerance_percent: 5}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CrossCheckDef {
+    /// The app's counter, as Prometheus stores it (after the exposition rewrite), e.g.
+    /// `app_requests_total`.
+    #[schemars(with = "String")]
+    pub app: Spanned<String>,
+    /// The sidecar's metric counting the same requests: the request counter (the default), or
+    /// the duration histogram's `_count`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub sidecar: Option<Spanned<String>>,
+    /// Compare per group: an app label and the sidecar label that says the same thing.
+    #[serde(default, rename = "match")]
+    #[schemars(with = "Option<Vec<CrossMatchDef>>")]
+    pub matching: Option<Vec<Spanned<CrossMatchDef>>>,
+    /// Sidecar series the app does not count (its probes, its metrics endpoint): a regex per
+    /// sidecar label, matching the whole value.
+    #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, String>>")]
+    pub exclude: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// Largest deviation of the app's count from the sidecar's, in percent of the sidecar's.
+    /// Default 5.
+    #[serde(default)]
+    #[schemars(with = "Option<f64>")]
+    pub tolerance_percent: Option<Spanned<f64>>,
+    /// Fewest sidecar requests in the window for a judgement (fewer: a warning, no verdict).
+    /// Default 100.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>")]
+    pub min_requests: Option<Spanned<u64>>,
+}
+
+/// One label pair of a cross-check: `{app: code, sidecar: http_response_status_code, by: status_class}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CrossMatchDef {
+    /// The app's label.
+    #[schemars(with = "String")]
+    pub app: Spanned<String>,
+    /// The sidecar's label (one of the contract's labels).
+    #[schemars(with = "String")]
+    pub sidecar: Spanned<String>,
+    /// `value` (the default): the values must be equal; `status_class`: compared as `2xx`, `5xx`…
+    #[serde(default)]
+    #[schemars(with = "Option<CompareDef>")]
+    pub by: Option<Spanned<CompareDef>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareDef {
+    Value,
+    StatusClass,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
