@@ -135,6 +135,15 @@ struct PolicyCheckWire {
 impl TryFrom<PolicyCheckWire> for PolicyCheck {
     type Error = String;
     fn try_from(w: PolicyCheckWire) -> Result<PolicyCheck, String> {
+        let (takes, needs): (&[&str], &[&str]) = match w.rule.as_str() {
+            "name-pattern" => (&["pattern", "metric_type"], &["pattern"]),
+            "forbidden-label" => (&["label"], &["label"]),
+            "forbidden-value" => (&["label", "pattern"], &["label", "pattern"]),
+            "series-limit" => (&["max"], &["max"]),
+            _ => (&[], &[]),
+        };
+        let given = [("pattern", w.pattern.is_some()), ("metric_type", w.metric_type.is_some()), ("label", w.label.is_some()), ("max", w.max.is_some())];
+        fields_fit("policy rule", &w.rule, &given, takes, needs)?;
         let missing = |field: &str| format!("policy rule `{}` needs `{field}`", w.rule);
         Ok(match w.rule.as_str() {
             "counter-suffix" => PolicyCheck::CounterSuffix,
@@ -166,6 +175,20 @@ impl From<PolicyCheck> for PolicyCheckWire {
         }
         w
     }
+}
+
+/// Whether a flat wire shape's optional fields (`given`: name, present) are those its `kind`
+/// takes, with those it needs.
+fn fields_fit(what: &str, kind: &str, given: &[(&str, bool)], takes: &[&str], needs: &[&str]) -> Result<(), String> {
+    for &(field, present) in given {
+        if present && !takes.contains(&field) {
+            return Err(format!("{what} `{kind}` takes no `{field}`"));
+        }
+        if !present && needs.contains(&field) {
+            return Err(format!("{what} `{kind}` needs `{field}`"));
+        }
+    }
+    Ok(())
 }
 
 /// Every policy rule id.
@@ -475,22 +498,14 @@ const PLAIN_SOURCES: [(&str, Source); 11] = [
 impl TryFrom<SourceWire> for Source {
     type Error = String;
     fn try_from(w: SourceWire) -> Result<Source, String> {
-        let fields = [("name", &w.name), ("key", &w.key), ("field", &w.field), ("value", &w.value)];
-        // Which fields the kind takes, which of them it needs.
         let (takes, needs): (&[&str], &[&str]) = match w.kind.as_str() {
             "request_header" => (&["name"], &["name"]),
             "node" => (&["key", "field"], &["key"]),
             "constant" => (&["value"], &["value"]),
             _ => (&[], &[]),
         };
-        for (field, value) in fields {
-            if value.is_some() && !takes.contains(&field) {
-                return Err(format!("source `{}` takes no `{field}`", w.kind));
-            }
-            if value.is_none() && needs.contains(&field) {
-                return Err(format!("source `{}` needs `{field}`", w.kind));
-            }
-        }
+        let given = [("name", w.name.is_some()), ("key", w.key.is_some()), ("field", w.field.is_some()), ("value", w.value.is_some())];
+        fields_fit("source", &w.kind, &given, takes, needs)?;
         Ok(match w.kind.as_str() {
             "request_header" => Source::RequestHeader { name: w.name.unwrap_or_default() },
             "node" => Source::Node { key: w.key.unwrap_or_default(), field: w.field },
@@ -741,5 +756,7 @@ mod tests {
         assert_eq!(check, PolicyCheck::ForbiddenValue { label: "path".into(), pattern: "[0-9]+".into() });
         assert_eq!(serde_json::to_string(&PolicyCheck::SeriesLimit { max: 5 }).unwrap(), r#"{"rule":"series-limit","max":5}"#);
         assert!(serde_json::from_str::<PolicyCheck>(r#"{"rule":"series-limit"}"#).is_err());
+        assert!(serde_json::from_str::<PolicyCheck>(r#"{"rule":"counter-suffix","max":5}"#).is_err());
+        assert!(serde_json::from_str::<PolicyCheck>(r#"{"rule":"series-limit","max":5,"label":"x"}"#).is_err());
     }
 }

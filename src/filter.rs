@@ -85,7 +85,11 @@ const MIGRATION_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_se
 impl Root {
     /// Ends the migrations whose sunset has passed, and keeps a tick running while any remain.
     fn end_migrations(&mut self) {
-        let Some(now) = now_nanos().map(|n| n / 1_000_000_000) else { return };
+        let Some(now) = now_nanos().map(|n| n / 1_000_000_000) else {
+            // No clock this time: look again in a minute.
+            host::set_tick_period(MIGRATION_CHECK_PERIOD);
+            return;
+        };
         let mut next = None;
         if let Some(mut engine) = self.engine.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             if engine.expire_migrations(now) {
@@ -173,6 +177,11 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        let scrapes = PENDING_JUDGEMENTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for (exposition, body) in scrapes {
+            judge_scrape(&exposition, &body);
+        }
+        // Also sets the tick period back: the migrations' check, or none.
         self.end_migrations();
     }
 
@@ -204,8 +213,8 @@ struct Stream {
     started_nanos: Option<u64>,
     /// Set while this stream is a metrics scrape whose response we hold for rewriting.
     scrape: Option<Scrape>,
-    /// A rewritten scrape body for the policy to judge in `on_log`, once the scraper has it
-    /// (judging never delays the response).
+    /// A rewritten scrape body for the policy, queued in `on_log` and judged on the next tick,
+    /// once Envoy has written the response (judging never holds the scrape).
     judge: Option<(Rc<Exposition>, Vec<u8>)>,
 }
 
@@ -343,8 +352,8 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
-        if let Some((exposition, body)) = self.judge.take() {
-            judge_scrape(&exposition, &body);
+        if let Some(scrape) = self.judge.take() {
+            queue_for_judging(scrape);
         }
         if !reached(Stage::Labels) {
             // Bench builds only: the clock read and, for failures, the details property.
@@ -369,6 +378,32 @@ impl HttpContext for Stream {
         report_memory();
     }
 }
+
+thread_local! {
+    /// Rewritten scrapes waiting for the policy (this VM's; judged on the root context's next tick).
+    static PENDING_JUDGEMENTS: RefCell<Vec<(Rc<Exposition>, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most scrapes waiting for judgement per VM; a later one replaces the oldest (scrapes of one
+/// app repeat each other: the newest is the one worth judging).
+const MAX_PENDING_JUDGEMENTS: usize = 2;
+
+/// Queues a rewritten scrape for judging on the next tick. `on_log` runs before Envoy has
+/// written the response to the socket (the write happens on the next event-loop pass), so
+/// judging here would hold the scrape's last bytes; a tick runs after it.
+fn queue_for_judging(scrape: (Rc<Exposition>, Vec<u8>)) {
+    PENDING_JUDGEMENTS.with(|p| {
+        let mut pending = p.borrow_mut();
+        if pending.len() >= MAX_PENDING_JUDGEMENTS {
+            pending.remove(0);
+        }
+        pending.push(scrape);
+    });
+    host::set_tick_period(JUDGE_DELAY);
+}
+
+/// How soon after a scrape's stream ends its body is judged.
+const JUDGE_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Counts the policy's violations in a rewritten scrape (waivers as of now). A body the policy
 /// cannot read was rewritten from one the rewriter read, so this does not happen; if it did, the

@@ -32,9 +32,13 @@ pub struct Violation {
 struct Metric<'a> {
     name: &'a str,
     kind: &'a str,
+    /// A TYPE line named it (its samples may carry the type's suffixes).
+    typed: bool,
     help: bool,
     samples: Vec<&'a str>,
     series: Vec<Vec<(&'a str, &'a str)>>,
+    /// The label names its series carry, each once.
+    label_names: Vec<&'a str>,
 }
 
 /// The suffixes a family's type adds to its samples' names.
@@ -50,75 +54,121 @@ fn hash_of(parts: &[&str]) -> u64 {
     hasher.finish()
 }
 
-/// The metrics of an exposition (text 0.0.4 or OpenMetrics), in the order they first appear. A
-/// family's samples follow its TYPE line (both formats say so). Families and series are told
-/// apart by a 64-bit hash (of names the app wrote, which it could collide only on purpose, and
-/// then only to under-count itself); the filter judges every scrape with this, so it stays lean:
-/// no sorting, one hash map.
-fn metrics(body: &str) -> Result<Vec<Metric<'_>>, String> {
-    let mut out: Vec<Metric> = Vec::new();
-    // Families by the hash of their name; series by the hash of their family and labels.
-    let mut seen: FastMap<u64, u32> = FastMap::default();
-    fn find_or_add<'a>(out: &mut Vec<Metric<'a>>, seen: &mut FastMap<u64, u32>, name: &'a str, kind: &'a str) -> usize {
-        let key = hash_of(&[name]);
-        if let Some(&i) = seen.get(&key) {
-            if out[i as usize].name == name {
-                return i as usize;
-            }
-        }
-        seen.insert(key, out.len() as u32);
-        out.push(Metric { name, kind, help: false, samples: Vec::new(), series: Vec::new() });
-        out.len() - 1
+/// The families of an exposition in the order they first appear, found by name through a hash
+/// map (names compared on a hit: a collision only costs a second family entry).
+#[derive(Default)]
+struct Families<'a> {
+    list: Vec<Metric<'a>>,
+    by_name: FastMap<u64, u32>,
+}
+
+impl<'a> Families<'a> {
+    fn find(&self, name: &str) -> Option<usize> {
+        let i = *self.by_name.get(&hash_of(&[name]))? as usize;
+        (self.list[i].name == name).then_some(i)
     }
-    let mut series_seen: FastMap<u64, u32> = FastMap::default();
-    // The family the last TYPE line or sample was of, and whether a TYPE line opened it; a HELP
-    // line not yet claimed by a family.
-    let mut current: Option<(usize, bool)> = None;
+
+    fn find_or_add(&mut self, name: &'a str) -> usize {
+        if let Some(i) = self.find(name) {
+            return i;
+        }
+        self.by_name.insert(hash_of(&[name]), self.list.len() as u32);
+        self.list.push(Metric { name, kind: "untyped", typed: false, help: false, samples: Vec::new(), series: Vec::new(), label_names: Vec::new() });
+        self.list.len() - 1
+    }
+
+    /// The family a sample named `name` belongs to, if one is known: its own name, or a typed
+    /// family's name plus one of its type's suffixes.
+    fn of_sample(&self, name: &str) -> Option<usize> {
+        std::iter::once("").chain(SAMPLE_SUFFIXES).find_map(|suffix| {
+            let i = self.find(name.strip_suffix(suffix)?)?;
+            (suffix.is_empty() || self.list[i].typed).then_some(i)
+        })
+    }
+}
+
+/// The metrics of an exposition (text 0.0.4 or OpenMetrics), in the order they first appear.
+/// The filter judges every scrape with this, so it stays lean and linear: no sorting, one hash
+/// lookup per line (fewer when a family's samples follow its TYPE line, as both formats say).
+fn metrics(body: &str) -> Result<Vec<Metric<'_>>, String> {
+    let mut families = Families::default();
+    // Series by the hash of their family and labels -> where they are kept (labels compared
+    // on a hit, so a collision cannot hide a series' labels from the rules).
+    let mut series_index: FastMap<u64, u32> = FastMap::default();
+    let mut series_at: Vec<(u32, u32)> = Vec::new();
+    // Label names by the hash of their family and name (a collision only hides a name).
+    let mut label_index: FastMap<u64, u32> = FastMap::default();
+    // The family the last TYPE line or sample was of; a HELP line not yet claimed by a family.
+    let mut current: Option<usize> = None;
     let mut help: Option<&str> = None;
     let mut labels: Vec<(&str, &str)> = Vec::new();
     let mut key: Vec<&str> = Vec::new();
+    let (mut last_family, mut last_labels): (Option<usize>, Vec<(&str, &str)>) = (None, Vec::new());
     walk(body, |line| match line {
         Line::Type { name, kind } => {
-            let i = find_or_add(&mut out, &mut seen, name, kind);
-            out[i].kind = kind;
-            out[i].help |= help == Some(name);
-            current = Some((i, true));
+            let i = families.find_or_add(name);
+            let m = &mut families.list[i];
+            (m.kind, m.typed) = (kind, true);
+            m.help |= help == Some(name);
+            current = Some(i);
         }
         Line::Help { name, text } => {
             if text.trim().is_empty() {
                 return;
             }
             match current {
-                Some((i, _)) if out[i].name == name => out[i].help = true,
+                Some(i) if families.list[i].name == name => families.list[i].help = true,
                 _ => help = Some(name),
             }
         }
         Line::Sample(sample) => {
             let name = sample.name;
-            let belongs = current.filter(|&(i, typed)| {
-                let rest = name.strip_prefix(out[i].name);
-                rest == Some("") || (typed && rest.is_some_and(|r| SAMPLE_SUFFIXES.contains(&r)))
+            let follows = current.filter(|&i| {
+                let m = &families.list[i];
+                let rest = name.strip_prefix(m.name);
+                rest == Some("") || (m.typed && rest.is_some_and(|r| SAMPLE_SUFFIXES.contains(&r)))
             });
-            let i = match belongs {
-                Some((i, _)) => i,
+            let i = match follows.or_else(|| families.of_sample(name)) {
+                Some(i) => i,
                 None => {
-                    let i = find_or_add(&mut out, &mut seen, name, "untyped");
-                    out[i].help |= help == Some(name);
-                    current = Some((i, false));
+                    let i = families.find_or_add(name);
+                    families.list[i].help |= help == Some(name);
                     i
                 }
             };
-            let m = &mut out[i];
+            current = Some(i);
+            let m = &mut families.list[i];
             if !m.samples.contains(&name) {
                 m.samples.push(name);
             }
             labels.clear();
             labels.extend(sample.labels.iter().filter(|(n, _)| !matches!(*n, "le" | "quantile")));
+            // A histogram's or summary's lines of one series follow each other: seen already.
+            if last_family == Some(i) && labels == last_labels {
+                return;
+            }
+            last_family = Some(i);
+            last_labels.clone_from(&labels);
             key.clear();
             key.push(m.name);
             key.extend(labels.iter().flat_map(|(n, v)| [*n, *v]));
             let hash = hash_of(&key);
-            if series_seen.insert(hash, 0).is_none() {
+            let known = series_index.get(&hash).is_some_and(|&at| {
+                let (f, s) = series_at[at as usize];
+                f as usize == i && families.list[i].series[s as usize] == labels
+            });
+            if !known {
+                let m = &mut families.list[i];
+                for (label, _) in &labels {
+                    if label_index.insert(hash_of(&[m.name, label]), 0).is_none() {
+                        m.label_names.push(label);
+                    }
+                }
+                // On a collision the first series keeps the index entry; this one is still kept.
+                let at = series_at.len() as u32;
+                if *series_index.entry(hash).or_insert(at) == at {
+                    series_at.push((i as u32, m.series.len() as u32));
+                }
                 m.series.push(labels.clone());
             }
         }
@@ -126,19 +176,21 @@ fn metrics(body: &str) -> Result<Vec<Metric<'_>>, String> {
     // The text format writes a counter's, histogram's or summary's creation time as a gauge
     // family of its own (`requestLatencyMs_created`; `jobs_created` for `jobs_total`): judged
     // with its family, not as a second metric repeating its family's violations.
-    let of_family = |m: &Metric| {
-        let base = m.name.strip_suffix("_created").filter(|_| matches!(m.kind, "gauge" | "untyped"))?;
-        let lookup = |name: &str| seen.get(&hash_of(&[name])).map(|&i| &out[i as usize]).filter(|f| f.name == name);
-        let parent = lookup(base).or_else(|| lookup(&format!("{base}_total")))?;
-        matches!(parent.kind, "counter" | "histogram" | "summary").then_some(())
-    };
-    let created: Vec<bool> = out.iter().map(|m| of_family(m).is_some()).collect();
+    let created: Vec<bool> = families
+        .list
+        .iter()
+        .map(|m| {
+            let Some(base) = m.name.strip_suffix("_created").filter(|_| matches!(m.kind, "gauge" | "untyped")) else { return false };
+            let parent = |name: &str, kinds: &[&str]| families.find(name).is_some_and(|i| kinds.contains(&families.list[i].kind));
+            parent(base, &["counter", "histogram", "summary"]) || parent(&format!("{base}_total"), &["counter"])
+        })
+        .collect();
     let mut index = 0;
-    out.retain(|_| {
+    families.list.retain(|_| {
         index += 1;
         !created[index - 1]
     });
-    Ok(out)
+    Ok(families.list)
 }
 
 /// Non-base unit words and the base unit Prometheus names carry instead.
@@ -186,9 +238,13 @@ fn words(name: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Lowercase words of letters and digits joined by single `_`, starting with a letter.
 fn snake_case(name: &str) -> bool {
-    name.split('_').all(|word| !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
+    let bytes = name.as_bytes();
+    bytes.first().is_some_and(u8::is_ascii_lowercase)
+        && bytes.last() != Some(&b'_')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+        && !bytes.windows(2).any(|w| w == b"__")
 }
 
 /// A contract's policy with its regexes compiled (once: the filter judges every scrape).
@@ -233,29 +289,31 @@ pub struct ViolationCounter {
     policy: Policy,
     /// Counter ids by (rule, metric, error): a scrape repeats the same names.
     ids: BTreeMap<(&'static str, String, bool), Option<u32>>,
+    /// How many of them the budget admitted.
+    admitted: usize,
 }
 
 impl ViolationCounter {
     pub fn new(policy: Policy) -> ViolationCounter {
-        ViolationCounter { policy, ids: BTreeMap::new() }
+        ViolationCounter { policy, ids: BTreeMap::new(), admitted: 0 }
     }
 
     /// Judges one scrape's rewritten body and counts its violations; the number of series
     /// counted, or why the body could not be judged.
     pub fn count(&mut self, host: &mut dyn MetricHost, body: &str, now_unix: u64) -> Result<usize, String> {
         let violations = self.policy.judge(body, now_unix)?;
-        // A metric that breaks a rule twice (two labels not in snake_case) counts once: judge()
-        // reports a rule's violations of one metric together.
-        let mut counted = 0;
-        for (i, v) in violations.iter().enumerate() {
-            if i > 0 && violations[i - 1].rule == v.rule && violations[i - 1].metric == v.metric {
+        // A metric that breaks a rule twice (two labels not in snake_case, two forbidden
+        // labels) counts once.
+        let mut counted: FastMap<u64, u32> = FastMap::default();
+        for v in &violations {
+            if counted.insert(hash_of(&[v.rule, &v.metric]), 0).is_some() {
                 continue;
             }
-            counted += 1;
             if let Some(id) = self.id(host, v.rule, &v.metric, v.error) {
                 host.increment(id, 1);
             }
         }
+        let counted = counted.len();
         Ok(counted)
     }
 
@@ -264,15 +322,24 @@ impl ViolationCounter {
             return *id;
         }
         let member = format!("{rule}/{metric}");
-        let admitted = self.ids.len() < MAX_VIOLATION_SERIES as usize && host.admit(VIOLATIONS_SCOPE, &member, MAX_VIOLATION_SERIES);
-        let metric = if admitted { metric } else { OTHER };
-        if let Some(id) = self.ids.get(&(rule, metric.to_string(), error)) {
-            return *id;
+        let admitted = self.admitted < MAX_VIOLATION_SERIES as usize && host.admit(VIOLATIONS_SCOPE, &member, MAX_VIOLATION_SERIES);
+        self.admitted += usize::from(admitted);
+        let counted_as = if admitted { metric } else { OTHER };
+        let id = match self.ids.get(&(rule, counted_as.to_string(), error)) {
+            Some(id) => *id,
+            None => {
+                let severity = if error { "error" } else { "warning" };
+                let tags = encode_tags(&[("metricpact_rule", rule), ("metricpact_metric", counted_as), ("metricpact_severity", severity)]);
+                let id = host.define(MetricKind::Counter, &format!("{POLICY_VIOLATIONS_METRIC}.{tags}"));
+                self.ids.insert((rule, counted_as.to_string(), error), id);
+                id
+            }
+        };
+        // A refused metric is remembered too (as many as admitted ones at most), so the next
+        // scrapes do not ask the shared budget again.
+        if !admitted && self.ids.len() < 2 * MAX_VIOLATION_SERIES as usize {
+            self.ids.insert((rule, metric.to_string(), error), id);
         }
-        let severity = if error { "error" } else { "warning" };
-        let tags = encode_tags(&[("metricpact_rule", rule), ("metricpact_metric", metric), ("metricpact_severity", severity)]);
-        let id = host.define(MetricKind::Counter, &format!("{POLICY_VIOLATIONS_METRIC}.{tags}"));
-        self.ids.insert((rule, metric.to_string(), error), id);
         id
     }
 }
@@ -326,13 +393,7 @@ fn judge(spec: &PolicySpec, regexes: &[Option<Regex>], body: &str, now_unix: u64
                     if !snake_case(m.name) {
                         found.at(m.name, says!("`{}` is not snake_case (lowercase words joined by `_`)", m.name));
                     }
-                    let mut labels: Vec<&str> = Vec::new();
-                    for (label, _) in m.series.iter().flatten().filter(|(l, _)| !snake_case(l)) {
-                        if !labels.contains(label) {
-                            labels.push(label);
-                        }
-                    }
-                    for label in labels {
+                    for label in m.label_names.iter().filter(|l| !snake_case(l)) {
                         found.at(m.name, says!("label `{label}` of `{}` is not snake_case", m.name));
                     }
                 }
@@ -346,13 +407,16 @@ fn judge(spec: &PolicySpec, regexes: &[Option<Regex>], body: &str, now_unix: u64
                 }
             }
             PolicyCheck::ForbiddenLabel { label } => {
-                for m in metrics.iter().filter(|m| m.series.iter().flatten().any(|(l, _)| l == label)) {
+                for m in metrics.iter().filter(|m| m.label_names.contains(&label.as_str())) {
                     found.at(m.name, says!("`{}` carries the forbidden label `{label}`", m.name));
                 }
             }
             PolicyCheck::ForbiddenValue { label, pattern } => {
                 let Some(re) = re else { continue };
                 for m in &metrics {
+                    if !m.label_names.contains(&label.as_str()) {
+                        continue;
+                    }
                     let mut bad = m.series.iter().flatten().filter(|(l, v)| l == label && re.is_match(&unescape_label_value(v)));
                     if let Some((_, first)) = bad.next() {
                         let more = bad.count();
@@ -531,6 +595,16 @@ queue_depth_total{Queue=\"a\"} 4
     }
 
     #[test]
+    fn a_metric_breaking_rules_of_one_id_twice_counts_once_a_scrape() {
+        let s = spec(vec![PolicyCheck::ForbiddenLabel { label: "user_id".into() }, PolicyCheck::ForbiddenLabel { label: "email".into() }]);
+        let mut counter = ViolationCounter::new(Policy::new(&s).unwrap());
+        let mut stats = Stats::default();
+        let body = "a{user_id=\"1\",email=\"x\"} 1\nb{user_id=\"1\",email=\"x\"} 1\n";
+        assert_eq!(counter.count(&mut stats, body, 0).unwrap(), 2);
+        assert_eq!(stats.values.values().copied().collect::<Vec<_>>(), [1, 1]);
+    }
+
+    #[test]
     fn violation_series_beyond_the_budget_count_under_other() {
         let body: String = (0..MAX_VIOLATION_SERIES + 5).map(|i| format!("# TYPE m{i}_ms gauge\nm{i}_ms 1\n")).collect();
         let mut counter = ViolationCounter::new(Policy::new(&spec(vec![PolicyCheck::BaseUnit])).unwrap());
@@ -547,7 +621,7 @@ queue_depth_total{Queue=\"a\"} 4
         let body = "# TYPE h histogram\nh_bucket{a=\"1\",le=\"1\"} 1\nh_bucket{a=\"1\",le=\"+Inf\"} 1\nh_sum{a=\"1\"} 1\nh_count{a=\"1\"} 1\n\
 h_bucket{a=\"2\",le=\"+Inf\"} 1\nh_count{a=\"2\"} 1\n# HELP h H.\nu 1\n# HELP g G.\n# TYPE g gauge\ng 1\nu{x=\"y\"} 2\n\
 # TYPE h_created gauge\nh_created{a=\"1\"} 1.7e9\n# TYPE c_total counter\nc_total 1\n# TYPE c_created gauge\nc_created 1.7e9\n\
-# TYPE g_created gauge\ng_created 1\n";
+# TYPE g_created gauge\ng_created 1\n# TYPE j counter\nj_total 1\n# TYPE k gauge\nk 1\nj_created 1\n";
         let got = metrics(body).unwrap();
         let shape: Vec<(&str, &str, bool, usize, Vec<&str>)> = got.iter().map(|m| (m.name, m.kind, m.help, m.series.len(), m.samples.clone())).collect();
         assert_eq!(
@@ -558,6 +632,8 @@ h_bucket{a=\"2\",le=\"+Inf\"} 1\nh_count{a=\"2\"} 1\n# HELP h H.\nu 1\n# HELP g 
                 ("g", "gauge", true, 1, vec!["g"]),
                 ("c_total", "counter", false, 1, vec!["c_total"]),
                 ("g_created", "gauge", false, 1, vec!["g_created"]),
+                ("j", "counter", false, 1, vec!["j_total", "j_created"]),
+                ("k", "gauge", false, 1, vec!["k"]),
             ],
             "the text format's `_created` gauges of counters and histograms are part of them"
         );

@@ -24,7 +24,7 @@ fn contract(name: &str, text: &str) -> PathBuf {
     path
 }
 
-const PRESET: &str = "format: metricpact/v1\nname: app\nversion: 1.0.0\npolicy:\n  presets: [prometheus]\n  require_help: true\n";
+const PRESET: &str = "format: metricpact/v1\nname: app\nversion: 1.0.0\nexposition: {}\npolicy:\n  presets: [prometheus]\n  require_help: true\n";
 
 fn verify(today: &str, contract: &Path, scrape: &str) -> (Option<i32>, String) {
     let out = metricpact_on(today, &["verify", "--target", "app", contract.to_str().unwrap(), scrape]);
@@ -71,14 +71,14 @@ fn a_waiver_holds_until_it_expires_and_check_says_when() {
     assert_eq!(after.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&after.stderr),
-        format!("{}:8:99: error: the waiver of `base-unit` for `http_request_duration_ms` expired on 2026-12-10: fix the metric, or renew the waiver with a new reason\n", c.display())
+        format!("{}:9:99: error: the waiver of `base-unit` for `http_request_duration_ms` expired on 2026-12-10: fix the metric, or renew the waiver with a new reason\n", c.display())
     );
     // check warns in the 30 days before, and fails from that day on.
     let soon = metricpact_on("2026-11-23", &["check", c.to_str().unwrap()]);
     assert_eq!(soon.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&soon.stdout),
-        format!("{}:8:99: warning: the waiver of `base-unit` for `http_request_duration_ms` expires in 17 days (2026-12-10)\n", c.display())
+        format!("{}:9:99: warning: the waiver of `base-unit` for `http_request_duration_ms` expires in 17 days (2026-12-10)\n", c.display())
     );
     let late = metricpact_on("2026-12-10", &["check", c.to_str().unwrap()]);
     assert_eq!(late.status.code(), Some(1));

@@ -355,6 +355,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff { old, new, format } => diff(&old, &new, format, &mut out),
         Command::Verify { contract, input, file, url, target, format, app_url, sidecar_url, prometheus, selector, window, end } => {
             if matches!(target, VerifyTarget::CrossCheck) {
+                if input.is_some() || file.is_some() || url.is_some() {
+                    anyhow::bail!("--target cross-check scrapes --app-url and --sidecar-url (or reads --prometheus): it takes no FILE or --url");
+                }
                 let source = match (app_url, sidecar_url, prometheus) {
                     (Some(app), Some(sidecar), None) => CountSource::Scrapes { app, sidecar },
                     (None, None, Some(url)) => CountSource::Prometheus { url, selector, end },
@@ -687,9 +690,19 @@ fn diff(old: &std::path::Path, new: &std::path::Path, format: Format, out: &mut 
 }
 
 /// GET an http:// URL over a plain TCP connection (no TLS: scrape targets inside the mesh).
+/// The body of a GET of `url`, which must answer 200.
 fn http_get(url: &str) -> anyhow::Result<Vec<u8>> {
+    let (status, body) = http_request(url)?;
+    if status != "200" {
+        anyhow::bail!("{url}: HTTP status {status}");
+    }
+    Ok(body)
+}
+
+/// The status and body of a GET of `url`.
+fn http_request(url: &str) -> anyhow::Result<(String, Vec<u8>)> {
     use std::io::Read;
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--url must be an http:// URL"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs can be scraped"))?;
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let address = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
     let mut stream = std::net::TcpStream::connect(&address)?;
@@ -702,15 +715,12 @@ fn http_get(url: &str) -> anyhow::Result<Vec<u8>> {
     stream.read_to_end(&mut response)?;
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow::anyhow!("{url}: malformed HTTP response"))?;
     let head = String::from_utf8_lossy(&response[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        anyhow::bail!("{url}: HTTP status {status}");
-    }
+    let status = head.split_whitespace().nth(1).unwrap_or("").to_string();
     let body = &response[split + 4..];
     if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")) {
-        return dechunk(body).ok_or_else(|| anyhow::anyhow!("{url}: malformed chunked body"));
+        return Ok((status, dechunk(body).ok_or_else(|| anyhow::anyhow!("{url}: malformed chunked body"))?));
     }
-    Ok(body.to_vec())
+    Ok((status, body.to_vec()))
 }
 
 /// Decodes an HTTP/1.1 chunked body.
@@ -795,11 +805,12 @@ fn window_seconds(window: &str) -> anyhow::Result<u64> {
     };
     let n: u64 = digits.parse().map_err(|_| anyhow::anyhow!("--window `{window}`: expected a duration like 30s, 5m or 1h"))?;
     let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => anyhow::bail!("--window `{window}`: expected a duration like 30s, 5m or 1h"),
-    };
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .ok_or_else(|| anyhow::anyhow!("--window `{window}`: expected a duration like 30s, 5m or 1h"))?;
     if seconds == 0 {
         anyhow::bail!("--window must be longer than 0");
     }
@@ -808,7 +819,7 @@ fn window_seconds(window: &str) -> anyhow::Result<u64> {
 
 /// `verify --target cross-check`: every honesty check of the contract's policy over one window.
 fn cross_check(contract: &std::path::Path, source: CountSource, window: Option<&str>, format: Format, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    use metricpact::contract::crosscheck::{difference, groups_of_query, snapshot, Side};
+    use metricpact::contract::crosscheck::{snapshot, snapshot_of_query, Side};
 
     let compiled = compile_file(contract);
     let checks = compiled.deployment.cross_checks.clone();
@@ -862,24 +873,31 @@ fn cross_check(contract: &std::path::Path, source: CountSource, window: Option<&
             };
             let start = end - seconds as f64;
             for check in &checks {
-                let mut groups = Vec::new();
+                let mut counts = Vec::new();
+                let mut reset = None;
                 for side in [Side::App, Side::Sidecar] {
-                    let query = check.prometheus_query(side, &selector);
-                    let at = |time: f64| -> anyhow::Result<_> {
-                        let result = prometheus_query(&url, &query, time)?;
-                        groups_of_query(check, side, &result).map_err(|e| anyhow::anyhow!("{url}: `{query}`: {e}"))
+                    let (at_start, at_end, resets) = check.prometheus_queries(side, &selector, seconds);
+                    let read = |query: &str, time: f64| -> anyhow::Result<_> {
+                        snapshot_of_query(&prometheus_query(&url, query, time)?).map_err(|e| anyhow::anyhow!("{url}: `{query}`: {e}"))
                     };
-                    groups.push(difference(&at(end)?, &at(start)?));
-                    let resets = prometheus_query(&url, &check.prometheus_resets_query(side, &selector, seconds), end)?;
-                    let count = resets[0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-                    if count > 0.0 {
-                        groups.clear();
-                        findings.push(reset_finding(check, format!("`{}` was reset {count} times in the window (a restart)", check.metric(side))));
+                    let (before, after) = (read(&at_start, start)?, read(&at_end, end)?);
+                    let resets = read(&resets, end)?.first().map_or(0.0, |(_, v)| *v);
+                    if resets > 0.0 {
+                        reset = Some(format!("`{}` was reset {resets} times in the window (a restart)", check.metric(side)));
                         break;
                     }
+                    match check.increase(side, &before, &after) {
+                        Ok(groups) => counts.push(groups),
+                        Err(e) => {
+                            reset = Some(e);
+                            break;
+                        }
+                    }
                 }
-                if let [app, sidecar] = &groups[..] {
-                    findings.extend(check.judge(app, sidecar, &label));
+                match (reset, &counts[..]) {
+                    (Some(e), _) => findings.push(reset_finding(check, e)),
+                    (None, [app, sidecar]) => findings.extend(check.judge(app, sidecar, &label)),
+                    (None, _) => {}
                 }
             }
         }
@@ -907,8 +925,10 @@ fn prometheus_query(base: &str, query: &str, time: f64) -> anyhow::Result<serde_
         .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect();
     let url = format!("{}/api/v1/query?query={encoded}&time={time:.3}", base.trim_end_matches('/'));
-    let body = http_get(&url).map_err(|e| anyhow::anyhow!("Prometheus `{query}`: {e}"))?;
-    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("Prometheus `{query}`: {e}"))?;
+    // Prometheus answers a bad query with 400 and the reason in the JSON body.
+    let (status, body) = http_request(&url).map_err(|e| anyhow::anyhow!("Prometheus `{query}`: {e}"))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("Prometheus `{query}`: HTTP status {status}, not a Prometheus API answer ({e})"))?;
     if answer["status"] != "success" {
         anyhow::bail!("Prometheus `{query}`: {}", answer["error"].as_str().unwrap_or("failed"));
     }

@@ -197,7 +197,16 @@ impl Checker<'_> {
             super::migrations::lower(defs, &mut config, names.as_ref(), today, self);
         }
         if let Some(def) = &c.policy {
-            config.policy = Some(super::policy::lower(def, today, self));
+            let policy = super::policy::lower(def, today, self);
+            if config.exposition.is_none() && !policy.rules.is_empty() {
+                self.warn(
+                    &def.referenced,
+                    "without an `exposition` section the sidecar does not see the app's scrapes, so it counts no policy \
+                     violations (only `verify --target app` judges the policy); `exposition: {}` rewrites nothing and \
+                     turns the count on",
+                );
+            }
+            config.policy = Some(policy);
         }
         if config.requests.is_none() && config.duration.is_none() && config.active_requests.is_none() {
             self.warn(&c.name.referenced, "every traffic metric is disabled: the filter will only export its self-metrics");

@@ -16,7 +16,7 @@ use super::model::{CompareDef, Contract, CrossCheckDef};
 use super::report::Report;
 use super::suggest::hint;
 use crate::config::PluginConfig;
-use crate::exposition::line::{unescape_label_value, walk, Line};
+use crate::exposition::line::{escape_label_value, unescape_label_value, walk, Line};
 use crate::names::{is_valid_label_name, is_valid_metric_name};
 
 /// The rule id of every cross-check finding.
@@ -68,12 +68,14 @@ impl Compare {
 }
 
 /// Lowers `policy.cross_checks`, reporting what cannot be checked.
-pub fn lower(contract: &Contract, server: &PluginConfig, report: &mut dyn Report) -> Vec<CrossCheck> {
+/// `classic_count`: Prometheus stores the duration histogram's `_count` (classic or both
+/// histograms; native ones have none).
+pub fn lower(contract: &Contract, server: &PluginConfig, classic_count: bool, report: &mut dyn Report) -> Vec<CrossCheck> {
     let defs = contract.policy.as_ref().and_then(|p| p.value.cross_checks.as_ref());
-    defs.into_iter().flatten().filter_map(|def| lower_one(def, server, report)).collect()
+    defs.into_iter().flatten().filter_map(|def| lower_one(def, server, classic_count, report)).collect()
 }
 
-fn lower_one(def: &Spanned<CrossCheckDef>, server: &PluginConfig, report: &mut dyn Report) -> Option<CrossCheck> {
+fn lower_one(def: &Spanned<CrossCheckDef>, server: &PluginConfig, classic_count: bool, report: &mut dyn Report) -> Option<CrossCheck> {
     let d = &def.value;
     let mut ok = true;
     if !is_valid_metric_name(&d.app.value) {
@@ -81,8 +83,12 @@ fn lower_one(def: &Spanned<CrossCheckDef>, server: &PluginConfig, report: &mut d
         ok = false;
     }
     // What the sidecar counts requests in: the counter, or the histogram's count.
-    let counted: Vec<String> =
-        server.requests.iter().map(|r| r.name.clone()).chain(server.duration.iter().map(|d| format!("{}_count", d.name))).collect();
+    let counted: Vec<String> = server
+        .requests
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(server.duration.iter().filter(|_| classic_count).map(|d| format!("{}_count", d.name)))
+        .collect();
     let sidecar = match &d.sidecar {
         Some(s) if counted.contains(&s.value) => s.value.clone(),
         Some(s) => {
@@ -99,17 +105,17 @@ fn lower_one(def: &Spanned<CrossCheckDef>, server: &PluginConfig, report: &mut d
         },
     };
     let labels: Vec<&str> = server.labels.iter().map(|l| l.name.as_str()).collect();
-    let sidecar_label = |name: &Spanned<String>, report: &mut dyn Report| {
-        let known = labels.contains(&name.value.as_str());
+    let sidecar_label = |name: &str, at: &serde_saphyr::Location, report: &mut dyn Report| {
+        let known = labels.contains(&name);
         if !known {
-            let hint = hint(&name.value, labels.iter().copied());
-            report.error(&name.referenced, format!("`{}` is not a label of the sidecar's metrics{hint} (labels: {})", name.value, labels.join(", ")));
+            let hint = hint(name, labels.iter().copied());
+            report.error(at, format!("`{name}` is not a label of the sidecar's metrics{hint} (labels: {})", labels.join(", ")));
         }
         known
     };
     let mut matching = Vec::new();
     for m in d.matching.iter().flatten() {
-        ok &= sidecar_label(&m.value.sidecar, report);
+        ok &= sidecar_label(&m.value.sidecar.value, &m.value.sidecar.referenced, report);
         if !is_valid_label_name(&m.value.app.value) {
             report.error(&m.value.app.referenced, format!("`{}` is not a valid Prometheus label name", m.value.app.value));
             ok = false;
@@ -123,9 +129,7 @@ fn lower_one(def: &Spanned<CrossCheckDef>, server: &PluginConfig, report: &mut d
     let mut exclude = Vec::new();
     if let Some(map) = &d.exclude {
         for (label, pattern) in &map.value {
-            if !labels.contains(&label.as_str()) {
-                let hint = hint(label, labels.iter().copied());
-                report.error(&map.referenced, format!("`{label}` is not a label of the sidecar's metrics{hint} (labels: {})", labels.join(", ")));
+            if !sidecar_label(label, &map.referenced, report) {
                 ok = false;
                 continue;
             }
@@ -210,10 +214,11 @@ impl CrossCheck {
     /// How much each group grew from `before` to `after` (series new in `after` grew from 0);
     /// `Err` names a series that went down: a counter reset (a restart) inside the window.
     pub fn increase(&self, side: Side, before: &Snapshot, after: &Snapshot) -> Result<Groups, String> {
+        let before: std::collections::HashMap<&BTreeMap<String, String>, f64> = before.iter().map(|(l, v)| (l, *v)).collect();
         let mut out = Groups::new();
         for (labels, value) in after {
             let Some(group) = self.group(side, labels) else { continue };
-            let was = before.iter().find(|(l, _)| l == labels).map_or(0.0, |(_, v)| *v);
+            let was = before.get(labels).copied().unwrap_or(0.0);
             if *value < was {
                 return Err(format!("`{}{}` went down from {was} to {value} in the window: a counter reset (a restart)", self.metric(side), braces(labels)));
             }
@@ -222,26 +227,23 @@ impl CrossCheck {
         Ok(out)
     }
 
-    /// The labels a Prometheus query sums by on `side`.
-    fn by(&self, side: Side) -> Vec<&str> {
-        self.matching.iter().map(|p| if side == Side::App { p.app.as_str() } else { p.sidecar.as_str() }).collect()
-    }
-
-    /// `sum by (code) (app_requests_total{SELECTOR})`; on the sidecar side the excluded series are
-    /// left out by negative regex matchers (PromQL anchors them as `exclude` is anchored).
-    pub fn prometheus_query(&self, side: Side, selector: &str) -> String {
-        let mut matchers: Vec<String> = selector.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_string).collect();
+    /// `app_requests_total{SELECTOR}`; on the sidecar side the excluded series are left out by
+    /// negative regex matchers (PromQL anchors them as `exclude` is anchored).
+    pub fn prometheus_selector(&self, side: Side, selector: &str) -> String {
+        // The selector as given (its matchers may hold commas inside quoted values).
+        let mut matchers: Vec<String> = Some(selector.trim().trim_matches(['{', '}']).trim()).filter(|s| !s.is_empty()).map(str::to_string).into_iter().collect();
         if side == Side::Sidecar {
             matchers.extend(self.exclude.iter().map(|(label, pattern, _)| format!("{label}!~{}", promql_string(pattern))));
         }
-        format!("sum by ({}) ({}{{{}}})", self.by(side).join(", "), self.metric(side), matchers.join(", "))
+        format!("{}{{{}}}", self.metric(side), matchers.join(", "))
     }
 
-    /// `sum(resets(…[window]))` of the same series: a restart inside the window.
-    pub fn prometheus_resets_query(&self, side: Side, selector: &str, window_seconds: u64) -> String {
-        let query = self.prometheus_query(side, selector);
-        let selector = query.split_once(") (").map_or("", |(_, s)| s.strip_suffix(')').unwrap_or(s));
-        format!("sum(resets({selector}[{window_seconds}s]))")
+    /// The queries of one window, each series apart (an instant query at its start, the last
+    /// value within it at its end: a pod replaced in the window keeps its last count) and the
+    /// resets inside it: `(start, end, resets)`, evaluated at the start, the end and the end.
+    pub fn prometheus_queries(&self, side: Side, selector: &str, window_seconds: u64) -> (String, String, String) {
+        let series = self.prometheus_selector(side, selector);
+        (series.clone(), format!("last_over_time({series}[{window_seconds}s])"), format!("sum(resets({series}[{window_seconds}s]))"))
     }
 
     /// The verdict on one window: per group a notice (within the tolerance) or an error; a
@@ -280,12 +282,16 @@ impl CrossCheck {
             }
             let deviation = (a - s) / s * 100.0;
             let within = deviation.abs() <= self.tolerance_percent;
+            // A group with few requests is not judged: one request in flight at a scrape would
+            // be a large deviation of it.
+            let judged = enough && s >= self.min_requests as f64;
             let message = format!(
-                "{what}the app counted {a} requests in {window}, the sidecar {s} ({deviation:+.1} %, {} {} %)",
+                "{what}the app counted {a} requests in {window}, the sidecar {s} ({deviation:+.1} %, {} {} %){}",
                 if within { "within" } else { "tolerance" },
-                self.tolerance_percent
+                self.tolerance_percent,
+                if judged || !enough { String::new() } else { format!("; too few in this group to judge (min_requests: {})", self.min_requests) }
             );
-            out.push(finding(if within || !enough { Severity::Notice } else { Severity::Error }, message));
+            out.push(finding(if within || !judged { Severity::Notice } else { Severity::Error }, message));
         }
         if app.is_empty() && enough {
             out.push(finding(Severity::Error, format!("not in the app's exposition, or it counted no request in {window}")));
@@ -303,40 +309,25 @@ fn braces(labels: &BTreeMap<String, String>) -> String {
     format!("{{{}}}", pairs.join(","))
 }
 
-/// A PromQL double-quoted string.
+/// A PromQL double-quoted string: the exposition formats' label-value escaping (`\\`, `\"`,
+/// `\n`) is PromQL's too.
 fn promql_string(s: &str) -> String {
-    let mut out = String::from('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    format!("\"{}\"", escape_label_value(s))
 }
 
-/// The groups of one Prometheus instant-query result (`data.result` of `/api/v1/query`).
-pub fn groups_of_query(check: &CrossCheck, side: Side, result: &serde_json::Value) -> Result<Groups, String> {
-    let mut out = Groups::new();
+/// The series of one Prometheus instant-query result (`data.result` of `/api/v1/query`), as a
+/// snapshot (`__name__` left out: `last_over_time` drops it).
+pub fn snapshot_of_query(result: &serde_json::Value) -> Result<Snapshot, String> {
+    let mut out = Snapshot::new();
     for series in result.as_array().ok_or("the result is not a vector")? {
         let labels: BTreeMap<String, String> = series["metric"]
             .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .map(|m| m.iter().filter(|(k, _)| *k != "__name__").filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
-        let value = series["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).ok_or("a series has no value")?;
-        if let Some(group) = check.group(side, &labels) {
-            *out.entry(group).or_default() += value;
-        }
+        let value = series["value"][1].as_str().and_then(crate::exposition::line::parse_value).ok_or("a series has no value")?;
+        out.push((labels, value));
     }
     Ok(out)
-}
-
-/// `later - earlier` per group.
-pub fn difference(later: &Groups, earlier: &Groups) -> Groups {
-    later.iter().map(|(g, v)| (g.clone(), v - earlier.get(g).copied().unwrap_or(0.0))).collect()
 }
 
 #[cfg(test)]
@@ -399,19 +390,36 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_queries_sum_by_the_matched_labels_and_leave_out_the_excluded() {
+    fn prometheus_queries_read_each_series_at_both_ends_of_the_window() {
         let c = check();
-        assert_eq!(c.prometheus_query(Side::App, "namespace=\"shop\""), "sum by (code) (app_requests_total{namespace=\"shop\"})");
+        assert_eq!(c.prometheus_selector(Side::App, "namespace=\"shop\""), "app_requests_total{namespace=\"shop\"}");
+        assert_eq!(c.prometheus_selector(Side::App, "{pod=~\"a,b\"}"), "app_requests_total{pod=~\"a,b\"}");
+        let (start, end, resets) = c.prometheus_queries(Side::Sidecar, "", 60);
+        assert_eq!(start, "http_server_requests_total{http_route!~\"/metrics|/healthz\"}");
+        assert_eq!(end, "last_over_time(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s])");
+        assert_eq!(resets, "sum(resets(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s]))");
+        // A pod replaced in the window: the old one's last count and the new one's both count.
+        let at_start = serde_json::json!([
+            {"metric": {"__name__": "http_server_requests_total", "pod": "a", "http_response_status_code": "200"}, "value": [1, "100"]}]);
+        let at_end = serde_json::json!([
+            {"metric": {"pod": "a", "http_response_status_code": "200"}, "value": [2, "400"]},
+            {"metric": {"pod": "b", "http_response_status_code": "204"}, "value": [2, "50"]}]);
+        let before = snapshot_of_query(&at_start).unwrap();
+        let after = snapshot_of_query(&at_end).unwrap();
+        assert_eq!(c.increase(Side::Sidecar, &before, &after).unwrap(), Groups::from([(vec!["2xx".to_string()], 350.0)]));
+    }
+
+    #[test]
+    fn a_group_with_few_requests_is_not_judged() {
+        let c = check();
+        let sidecar = Groups::from([(vec!["2xx".to_string()], 1000.0), (vec!["5xx".to_string()], 3.0)]);
+        let app = Groups::from([(vec!["2xx".to_string()], 1000.0), (vec!["5xx".to_string()], 2.0)]);
         assert_eq!(
-            c.prometheus_query(Side::Sidecar, "namespace=\"shop\""),
-            "sum by (http_response_status_code) (http_server_requests_total{namespace=\"shop\", http_route!~\"/metrics|/healthz\"})"
+            messages(&c.judge(&app, &sidecar, "30 s")),
+            [
+                "Notice {code=\"2xx\"}: the app counted 1000 requests in 30 s, the sidecar 1000 (+0.0 %, within 5 %)",
+                "Notice {code=\"5xx\"}: the app counted 2 requests in 30 s, the sidecar 3 (-33.3 %, tolerance 5 %); too few in this group to judge (min_requests: 100)",
+            ]
         );
-        assert_eq!(
-            c.prometheus_resets_query(Side::Sidecar, "", 60),
-            "sum(resets(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s]))"
-        );
-        let result = serde_json::json!([{"metric": {"http_response_status_code": "200"}, "value": [1, "800"]},
-                                        {"metric": {"http_response_status_code": "204"}, "value": [1, "5"]}]);
-        assert_eq!(groups_of_query(&c, Side::Sidecar, &result).unwrap(), Groups::from([(vec!["2xx".to_string()], 805.0)]));
     }
 }

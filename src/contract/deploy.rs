@@ -180,7 +180,7 @@ pub fn lower(contract: &Contract, server: &PluginConfig, report: &mut dyn Report
     }
     Deployment {
         histogram,
-        cross_checks: super::crosscheck::lower(contract, server, report),
+        cross_checks: super::crosscheck::lower(contract, server, histogram != HistogramMode::Native, report),
         client: client_config(contract, server, report),
         workload: workload(contract, report),
         autoscaling: contract.autoscaling.as_ref().and_then(|a| autoscaling(a, server, histogram, report)),

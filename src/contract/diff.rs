@@ -332,6 +332,20 @@ fn cross_checks(d: &mut Differ<'_>, old: &[CrossCheck], new: &[CrossCheck]) {
             ),
             Some(_) => {}
         }
+        if let Some(o) = old.iter().find(|o| o.app == n.app) {
+            // What is compared changed: the verdict may change either way.
+            let exclude = |c: &CrossCheck| c.exclude.iter().map(|(l, p, _)| (l.clone(), p.clone())).collect::<Vec<_>>();
+            let changed: Vec<&str> = [("sidecar", o.sidecar != n.sidecar), ("match", o.matching != n.matching), ("exclude", exclude(o) != exclude(n))]
+                .into_iter()
+                .filter_map(|(field, changed)| changed.then_some(field))
+                .collect();
+            if !changed.is_empty() {
+                d.push(Impact::Breaking, "policy-tightened", format!("cross-check of `{}`: {} changed", n.app, changed.join(", ")), fails(n));
+            }
+            if n.min_requests < o.min_requests {
+                d.push(Impact::Breaking, "policy-tightened", format!("cross-check of `{}`: min_requests lowered to {} (was {})", n.app, n.min_requests, o.min_requests), fails(n));
+            }
+        }
     }
     for o in old.iter().filter(|o| !new.iter().any(|n| n.app == o.app)) {
         d.push(Impact::Compatible, "policy-loosened", format!("cross-check of `{}` removed", o.app), vec![]);

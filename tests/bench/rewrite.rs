@@ -1,6 +1,7 @@
 //! Native throughput of the exposition rewrite (`make bench`, section 2): the library's
 //! `Rewriter::rewrite_as` timed in-process over a whole body, the way the filter calls it once per
-//! scrape. A criterion-style harness with std only: warm-up iterations, then N timed iterations
+//! scrape — followed, when the contract has a `policy`, by judging the rewritten body as the
+//! filter then does (`Policy::judge`). A criterion-style harness with std only: warm-up iterations, then N timed iterations
 //! (each one a whole body); prints the median and the best, in ms and MB/s of input (1 MB = 10^6 B).
 //!
 //!   cargo bench --bench rewrite                       # built-in cases (contracts in tests/bench/,
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use metricpact::contract::compile::compile_file;
 use metricpact::exposition::{Format, Rewriter};
+use metricpact::policy::Policy;
 
 struct Case {
     name: String,
@@ -85,7 +87,7 @@ fn run() -> Result<(), String> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench");
         for (size, label) in [(1_000_000, "1mb"), (8_000_000, "8mb")] {
             let body = exposition(size);
-            for contract in ["inject", "rename", "sum"] {
+            for contract in ["inject", "rename", "sum", "policy"] {
                 cases.push(Case { name: format!("{contract}-{label}"), contract: dir.join(format!("rewrite-{contract}.yaml")), body: body.clone() });
             }
         }
@@ -113,15 +115,26 @@ fn run() -> Result<(), String> {
         };
         let spec = config.exposition.as_ref().ok_or_else(|| format!("{}: no `exposition` section", case.contract.display()))?;
         let rewriter = Rewriter::new(spec, &lookup, config.max_value_length as usize)?;
+        let policy = config.policy.as_ref().map(Policy::new).transpose()?;
         let format = Format::detect(None, &case.body);
         if count {
             // Warm (allocator, caches), then the one rewrite callgrind counts.
             rewriter.rewrite_as(&case.body, format).map_err(|e| format!("{}: the body is not rewritten: {e}", case.name))?;
-            let out_bytes = counted(&rewriter, &case.body, format);
+            let out_bytes = counted(&rewriter, policy.as_ref(), &case.body, format);
             println!("COUNT {{\"case\":\"{}\",\"in_bytes\":{},\"out_bytes\":{out_bytes}}}", case.name, case.body.len());
             continue;
         }
-        let once = || rewriter.rewrite_as(black_box(&case.body), format);
+        let once = || {
+            let rewritten = rewriter.rewrite_as(black_box(&case.body), format);
+            if let (Some(policy), Ok(r)) = (&policy, &rewritten) {
+                black_box(judge(policy, &r.body));
+            }
+            rewritten
+        };
+        if let Some(policy) = &policy {
+            let body = rewriter.rewrite_as(&case.body, format).map_err(|e| format!("{}: the body is not rewritten: {e}", case.name))?.body;
+            println!("  {:<14} the policy finds {} violations in the rewritten body", case.name, judge(policy, &body));
+        }
         let first = once().map_err(|e| format!("{}: the body is not rewritten: {e}", case.name))?;
         let out_bytes = first.body.len();
         let stats = first.stats.clone();
@@ -169,11 +182,20 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// One rewrite, the only code callgrind counts in `--count` mode
-/// (`--toggle-collect='rewrite::counted'`); returns the output's size.
+/// One rewrite (and the policy's judgement of it), the only code callgrind counts in `--count`
+/// mode (`--toggle-collect='rewrite::counted'`); returns the output's size.
 #[inline(never)]
-fn counted(rewriter: &Rewriter, body: &[u8], format: Format) -> usize {
-    black_box(rewriter.rewrite_as(black_box(body), format)).map_or(0, |r| r.body.len())
+fn counted(rewriter: &Rewriter, policy: Option<&Policy>, body: &[u8], format: Format) -> usize {
+    let rewritten = black_box(rewriter.rewrite_as(black_box(body), format));
+    if let (Some(policy), Ok(r)) = (policy, &rewritten) {
+        black_box(judge(policy, &r.body));
+    }
+    rewritten.map_or(0, |r| r.body.len())
+}
+
+/// The policy's violations in a rewritten body, as the filter judges it after the scrape.
+fn judge(policy: &Policy, body: &[u8]) -> usize {
+    std::str::from_utf8(body).ok().and_then(|b| policy.judge(b, 0).ok()).map_or(0, |v| v.len())
 }
 
 /// A prom-client-style text exposition of about `target` bytes, the same shape as

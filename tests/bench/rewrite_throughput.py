@@ -42,7 +42,9 @@ from benchlib import harness, median
 
 CONTRACTS = {"inject-only": benchlib.BENCH / "rewrite-inject.yaml",
              "rename-heavy": benchlib.BENCH / "rewrite-rename.yaml",
-             "summing": benchlib.BENCH / "rewrite-sum.yaml"}
+             "summing": benchlib.BENCH / "rewrite-sum.yaml",
+             # inject-only plus a policy judged after each rewrite (the sidecar's violation counter)
+             "inject+policy": benchlib.BENCH / "rewrite-policy.yaml"}
 SIZES = {"1 MB": ("/metrics/1mb", 1_000_000), "8 MB": ("/metrics/8mb", 8_000_000)}
 BUFFER_LIMIT = 64 << 20
 NODE = harness.ISTIO_NODE_METADATA

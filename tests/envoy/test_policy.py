@@ -48,13 +48,10 @@ def test_the_sidecar_counts_each_scrapes_violations_by_rule_metric_and_severity(
         assert b"requestLatencyMs_bucket{" in body and b"queue_depth_total 4.0" in body
         scraped = workdir / "scrape.txt"
         scraped.write_bytes(body)
-        # Counted once the scrape's stream is logged: wait for the third.
-        counted = {}
-        for _ in range(100):
-            counted = violations(envoy)
-            if counted.get(("base-unit", "requestLatencyMs", "error")) == 3:
-                break
-        assert counted == {
+        # Judged on the VM's next tick once the scrape has been written: wait for the third.
+        wait_until(lambda: violations(envoy).get(("base-unit", "requestLatencyMs", "error")) == 3, timeout=10,
+                   what="the third scrape judged")
+        assert violations(envoy) == {
             ("base-unit", "requestLatencyMs", "error"): 3,
             ("snake-case", "requestLatencyMs", "warning"): 3,  # its name and its label: once a scrape
             ("gauge-type-suffix", "queue_depth_total", "error"): 3,

@@ -8,7 +8,9 @@
 //! - a rewritten body parses: fed back through an identity rewriter in its own format it is
 //!   accepted and comes back byte for byte (the rewriter writes nothing it would not copy);
 //! - with the identity contract and no format conversion, the output is the input, byte for
-//!   byte, unless a line is written in a way the rewriter normalizes (see [`canonical`]).
+//!   byte, unless a line is written in a way the rewriter normalizes (see [`canonical`]);
+//! - the policy, as the filter judges every rewritten scrape with every rule on, reads every
+//!   rewritten body (the filter would log a scrape it cannot judge) and never panics.
 #![no_main]
 
 mod common;
@@ -188,6 +190,23 @@ fn canonical_line(line: &str, format: Format) -> bool {
     !rest.starts_with('\t')
 }
 
+/// Every policy rule at once, with regexes that match often.
+fn policy() -> &'static metricpact::policy::Policy {
+    static POLICY: OnceLock<metricpact::policy::Policy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let rule = |check: Value| json!({"error": true, "check": check});
+        let spec = json!({"rules": [
+            rule(json!({"rule": "counter-suffix"})), rule(json!({"rule": "base-unit"})),
+            rule(json!({"rule": "gauge-type-suffix"})), rule(json!({"rule": "snake-case"})),
+            rule(json!({"rule": "name-pattern", "pattern": "[a-z_]+", "metric_type": "counter"})),
+            rule(json!({"rule": "forbidden-label", "label": "a"})),
+            rule(json!({"rule": "forbidden-value", "label": "a", "pattern": ".*[0-9].*"})),
+            rule(json!({"rule": "series-limit", "max": 2})), rule(json!({"rule": "help-required"})),
+        ]});
+        metricpact::policy::Policy::new(&serde_json::from_value(spec).expect("valid policy")).expect("compiles")
+    })
+}
+
 fn rewriters() -> &'static Vec<Rewriter> {
     static REWRITERS: OnceLock<Vec<Rewriter>> = OnceLock::new();
     REWRITERS.get_or_init(|| specs().iter().map(|s| Rewriter::new(s, &node, 64).expect("valid spec")).collect())
@@ -212,6 +231,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(out) = result else { return };
     assert!(out.body.len() <= rw.max_body_bytes(), "rewritten body over the limit");
+    let judged = std::str::from_utf8(&out.body).map_err(|e| e.to_string()).and_then(|b| policy().judge(b, 0));
+    assert!(judged.is_ok(), "the policy cannot read a rewritten body: {judged:?}\n--- output\n{}", String::from_utf8_lossy(&out.body));
     let again = match identity.rewrite_as(&out.body, out.format) {
         Ok(again) => again,
         Err(e) => panic!(
