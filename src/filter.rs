@@ -51,6 +51,11 @@ struct Exposition {
     missing: Vec<Option<u32>>,
     /// The contract's policy, judged on each rewritten scrape once it has been sent.
     violations: Option<RefCell<ViolationCounter>>,
+    /// Rewritten scrapes waiting for the policy, judged on this configuration's next tick.
+    pending: RefCell<Vec<Vec<u8>>>,
+    /// False once this configuration's root context is gone: nothing is queued for a tick that
+    /// will not come (Envoy keeps re-arming a deleted root's timer).
+    alive: std::cell::Cell<bool>,
 }
 
 impl Exposition {
@@ -67,6 +72,12 @@ impl Context for Root {
     /// contract applied again), which must stay 1. Not every VM's root context is told (Envoy's
     /// main-thread ones live on), so this decides by the latest configuration, not by a count.
     fn on_done(&mut self) -> bool {
+        // No tick for a root that is gone (its queued scrapes go with it).
+        if let Some(exposition) = &self.exposition {
+            exposition.alive.set(false);
+            exposition.pending.borrow_mut().clear();
+        }
+        host::set_tick_period(std::time::Duration::ZERO);
         if let Some((name, id)) = self.info.take() {
             let latest = host::shared_data(LATEST_INFO_KEY).ok().and_then(|(data, _)| data);
             let replaced = latest.as_deref() != Some(name.as_bytes());
@@ -177,9 +188,11 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let scrapes = PENDING_JUDGEMENTS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        for (exposition, body) in scrapes {
-            judge_scrape(&exposition, &body);
+        if let Some(exposition) = &self.exposition {
+            let scrapes = std::mem::take(&mut *exposition.pending.borrow_mut());
+            for body in scrapes {
+                judge_scrape(exposition, &body);
+            }
         }
         // Also sets the tick period back: the migrations' check, or none.
         self.end_migrations();
@@ -239,7 +252,16 @@ fn define_exposition_metrics(rewriter: Rewriter, spec: &crate::config::Expositio
         })
         .collect();
     let violations = policy.map(|p| RefCell::new(ViolationCounter::new(p)));
-    Exposition { max_body_bytes: rewriter.max_body_bytes(), rewriter: RefCell::new(rewriter), paths: spec.paths.clone(), outcomes, missing, violations }
+    Exposition {
+        max_body_bytes: rewriter.max_body_bytes(),
+        rewriter: RefCell::new(rewriter),
+        paths: spec.paths.clone(),
+        outcomes,
+        missing,
+        violations,
+        pending: RefCell::new(Vec::new()),
+        alive: std::cell::Cell::new(true),
+    }
 }
 
 impl Context for Stream {}
@@ -352,8 +374,8 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
-        if let Some(scrape) = self.judge.take() {
-            queue_for_judging(scrape);
+        if let Some((exposition, body)) = self.judge.take() {
+            queue_for_judging(&exposition, body);
         }
         if !reached(Stage::Labels) {
             // Bench builds only: the clock read and, for failures, the details property.
@@ -379,26 +401,23 @@ impl HttpContext for Stream {
     }
 }
 
-thread_local! {
-    /// Rewritten scrapes waiting for the policy (this VM's; judged on the root context's next tick).
-    static PENDING_JUDGEMENTS: RefCell<Vec<(Rc<Exposition>, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Most scrapes waiting for judgement per VM; a later one replaces the oldest (scrapes of one
-/// app repeat each other: the newest is the one worth judging).
+/// Most scrapes waiting for judgement per configuration and VM; a later one replaces the
+/// oldest (scrapes of one app repeat each other: the newest is the one worth judging).
 const MAX_PENDING_JUDGEMENTS: usize = 2;
 
 /// Queues a rewritten scrape for judging on the next tick. `on_log` runs before Envoy has
 /// written the response to the socket (the write happens on the next event-loop pass), so
-/// judging here would hold the scrape's last bytes; a tick runs after it.
-fn queue_for_judging(scrape: (Rc<Exposition>, Vec<u8>)) {
-    PENDING_JUDGEMENTS.with(|p| {
-        let mut pending = p.borrow_mut();
-        if pending.len() >= MAX_PENDING_JUDGEMENTS {
-            pending.remove(0);
-        }
-        pending.push(scrape);
-    });
+/// judging here would hold the scrape's last bytes; a tick runs after it. The tick period set
+/// from a stream is its own root context's.
+fn queue_for_judging(exposition: &Exposition, body: Vec<u8>) {
+    if !exposition.alive.get() {
+        return;
+    }
+    let mut pending = exposition.pending.borrow_mut();
+    if pending.len() >= MAX_PENDING_JUDGEMENTS {
+        pending.remove(0);
+    }
+    pending.push(body);
     host::set_tick_period(JUDGE_DELAY);
 }
 

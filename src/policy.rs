@@ -65,14 +65,19 @@ struct Families<'a> {
 impl<'a> Families<'a> {
     fn find(&self, name: &str) -> Option<usize> {
         let i = *self.by_name.get(&hash_of(&[name]))? as usize;
-        (self.list[i].name == name).then_some(i)
+        if self.list[i].name == name {
+            return Some(i);
+        }
+        // Two names with one hash: the app's own doing (the hash is not keyed), paid by it.
+        self.list.iter().position(|m| m.name == name)
     }
 
     fn find_or_add(&mut self, name: &'a str) -> usize {
         if let Some(i) = self.find(name) {
             return i;
         }
-        self.by_name.insert(hash_of(&[name]), self.list.len() as u32);
+        // The first family of a hash keeps the entry; a colliding one is found by the scan.
+        self.by_name.entry(hash_of(&[name])).or_insert(self.list.len() as u32);
         self.list.push(Metric { name, kind: "untyped", typed: false, help: false, samples: Vec::new(), series: Vec::new(), label_names: Vec::new() });
         self.list.len() - 1
     }
@@ -96,8 +101,9 @@ fn metrics(body: &str) -> Result<Vec<Metric<'_>>, String> {
     // on a hit, so a collision cannot hide a series' labels from the rules).
     let mut series_index: FastMap<u64, u32> = FastMap::default();
     let mut series_at: Vec<(u32, u32)> = Vec::new();
-    // Label names by the hash of their family and name (a collision only hides a name).
+    // Label names by the hash of their family and name -> (family, name), compared on a hit.
     let mut label_index: FastMap<u64, u32> = FastMap::default();
+    let mut label_keys: Vec<(usize, &str)> = Vec::new();
     // The family the last TYPE line or sample was of; a HELP line not yet claimed by a family.
     let mut current: Option<usize> = None;
     let mut help: Option<&str> = None;
@@ -160,7 +166,19 @@ fn metrics(body: &str) -> Result<Vec<Metric<'_>>, String> {
             if !known {
                 let m = &mut families.list[i];
                 for (label, _) in &labels {
-                    if label_index.insert(hash_of(&[m.name, label]), 0).is_none() {
+                    // Keyed by the family's index, not its name: a long name is hashed once.
+                    let key = hash_of(&[label]) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let new = match label_index.get(&key) {
+                        None => {
+                            label_index.insert(key, label_keys.len() as u32);
+                            label_keys.push((i, *label));
+                            true
+                        }
+                        Some(&at) if label_keys[at as usize] == (i, *label) => false,
+                        // A collision (the app's doing): the family's own list says.
+                        Some(_) => !m.label_names.contains(label),
+                    };
+                    if new {
                         m.label_names.push(label);
                     }
                 }
@@ -306,7 +324,7 @@ impl ViolationCounter {
         // labels) counts once.
         let mut counted: FastMap<u64, u32> = FastMap::default();
         for v in &violations {
-            if counted.insert(hash_of(&[v.rule, &v.metric]), 0).is_some() {
+            if counted.insert(hash_of(&[v.rule, &v.metric, if v.error { "error" } else { "warning" }]), 0).is_some() {
                 continue;
             }
             if let Some(id) = self.id(host, v.rule, &v.metric, v.error) {
@@ -321,8 +339,10 @@ impl ViolationCounter {
         if let Some(id) = self.ids.get(&(rule, metric.to_string(), error)) {
             return *id;
         }
-        let member = format!("{rule}/{metric}");
-        let admitted = self.admitted < MAX_VIOLATION_SERIES as usize && host.admit(VIOLATIONS_SCOPE, &member, MAX_VIOLATION_SERIES);
+        // Once the cache holds as many refusals as admissions, the budget is not asked again
+        // (shared data takes a lock every worker shares).
+        let asks = self.admitted < MAX_VIOLATION_SERIES as usize && self.ids.len() < 2 * MAX_VIOLATION_SERIES as usize;
+        let admitted = asks && host.admit(VIOLATIONS_SCOPE, &format!("{rule}/{metric}"), MAX_VIOLATION_SERIES);
         self.admitted += usize::from(admitted);
         let counted_as = if admitted { metric } else { OTHER };
         let id = match self.ids.get(&(rule, counted_as.to_string(), error)) {
@@ -602,6 +622,13 @@ queue_depth_total{Queue=\"a\"} 4
         let body = "a{user_id=\"1\",email=\"x\"} 1\nb{user_id=\"1\",email=\"x\"} 1\n";
         assert_eq!(counter.count(&mut stats, body, 0).unwrap(), 2);
         assert_eq!(stats.values.values().copied().collect::<Vec<_>>(), [1, 1]);
+        // One of them a warning: the metric is counted under each severity once.
+        let mut s = s;
+        s.rules[1].error = false;
+        let mut counter = ViolationCounter::new(Policy::new(&s).unwrap());
+        let mut stats = Stats::default();
+        assert_eq!(counter.count(&mut stats, body, 0).unwrap(), 4);
+        assert_eq!(stats.values.len(), 4);
     }
 
     #[test]

@@ -238,12 +238,18 @@ impl CrossCheck {
         format!("{}{{{}}}", self.metric(side), matchers.join(", "))
     }
 
-    /// The queries of one window, each series apart (an instant query at its start, the last
-    /// value within it at its end: a pod replaced in the window keeps its last count) and the
-    /// resets inside it: `(start, end, resets)`, evaluated at the start, the end and the end.
+    /// The queries of one window, each series apart, and the resets inside it: `(start, end,
+    /// resets)`, evaluated at the start, the end and the end. Both ends read the last sample
+    /// (within Prometheus' 5-minute lookback before the start; within the window at the end): a
+    /// range read skips the staleness marker a failed scrape leaves, and a pod replaced in the
+    /// window keeps its last count.
     pub fn prometheus_queries(&self, side: Side, selector: &str, window_seconds: u64) -> (String, String, String) {
         let series = self.prometheus_selector(side, selector);
-        (series.clone(), format!("last_over_time({series}[{window_seconds}s])"), format!("sum(resets({series}[{window_seconds}s]))"))
+        (
+            format!("last_over_time({series}[5m])"),
+            format!("last_over_time({series}[{window_seconds}s])"),
+            format!("sum(resets({series}[{window_seconds}s]))"),
+        )
     }
 
     /// The verdict on one window: per group a notice (within the tolerance) or an error; a
@@ -395,7 +401,7 @@ mod tests {
         assert_eq!(c.prometheus_selector(Side::App, "namespace=\"shop\""), "app_requests_total{namespace=\"shop\"}");
         assert_eq!(c.prometheus_selector(Side::App, "{pod=~\"a,b\"}"), "app_requests_total{pod=~\"a,b\"}");
         let (start, end, resets) = c.prometheus_queries(Side::Sidecar, "", 60);
-        assert_eq!(start, "http_server_requests_total{http_route!~\"/metrics|/healthz\"}");
+        assert_eq!(start, "last_over_time(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[5m])");
         assert_eq!(end, "last_over_time(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s])");
         assert_eq!(resets, "sum(resets(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s]))");
         // A pod replaced in the window: the old one's last count and the new one's both count.
