@@ -876,12 +876,14 @@ fn cross_check(contract: &std::path::Path, source: CountSource, window: Option<&
                 let mut counts = Vec::new();
                 let mut reset = None;
                 for side in [Side::App, Side::Sidecar] {
-                    let (at_start, at_end, resets) = check.prometheus_queries(side, &selector, seconds);
+                    let (at_start, at_end) = check.prometheus_queries(side, &selector, seconds);
                     let read = |query: &str, time: f64| -> anyhow::Result<_> {
                         snapshot_of_query(&prometheus_query(&url, query, time)?).map_err(|e| anyhow::anyhow!("{url}: `{query}`: {e}"))
                     };
                     let (before, after) = (read(&at_start, start)?, read(&at_end, end)?);
-                    let resets = read(&resets, end)?.first().map_or(0.0, |(_, v)| *v);
+                    let (to_end, to_start) = check.prometheus_resets_queries(side, &selector, seconds);
+                    let total = |query: &str, time: f64| -> anyhow::Result<f64> { Ok(read(query, time)?.first().map_or(0.0, |(_, v)| *v)) };
+                    let resets = total(&to_end, end)? - total(&to_start, start)?;
                     if resets > 0.0 {
                         reset = Some(format!("`{}` was reset {resets} times in the window (a restart)", check.metric(side)));
                         break;

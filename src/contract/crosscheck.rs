@@ -19,6 +19,9 @@ use crate::config::PluginConfig;
 use crate::exposition::line::{escape_label_value, unescape_label_value, walk, Line};
 use crate::names::{is_valid_label_name, is_valid_metric_name};
 
+/// How far before the window its start values are looked for (Prometheus' default lookback).
+const LOOKBACK_SECONDS: u64 = 300;
+
 /// The rule id of every cross-check finding.
 pub const RULE: &str = "cross-check";
 
@@ -238,17 +241,23 @@ impl CrossCheck {
         format!("{}{{{}}}", self.metric(side), matchers.join(", "))
     }
 
-    /// The queries of one window, each series apart, and the resets inside it: `(start, end,
-    /// resets)`, evaluated at the start, the end and the end. Both ends read the last sample
-    /// (within Prometheus' 5-minute lookback before the start; within the window at the end): a
-    /// range read skips the staleness marker a failed scrape leaves, and a pod replaced in the
-    /// window keeps its last count.
-    pub fn prometheus_queries(&self, side: Side, selector: &str, window_seconds: u64) -> (String, String, String) {
+    /// The queries of one window, each series apart: `(start, end)`, evaluated at the start and
+    /// the end. Both read the last sample (within the lookback before the start; within the
+    /// window at the end): a range read skips the staleness marker a failed scrape leaves, and a
+    /// pod replaced in the window keeps its last count.
+    pub fn prometheus_queries(&self, side: Side, selector: &str, window_seconds: u64) -> (String, String) {
+        let series = self.prometheus_selector(side, selector);
+        (format!("last_over_time({series}[{LOOKBACK_SECONDS}s])"), format!("last_over_time({series}[{window_seconds}s])"))
+    }
+
+    /// The resets from the start's sample on: `(at the end, at the start)`, whose difference
+    /// counts the resets inside the window and between the start's sample and the window's first
+    /// (a restart there would go unseen by `resets()` over the window alone).
+    pub fn prometheus_resets_queries(&self, side: Side, selector: &str, window_seconds: u64) -> (String, String) {
         let series = self.prometheus_selector(side, selector);
         (
-            format!("last_over_time({series}[5m])"),
-            format!("last_over_time({series}[{window_seconds}s])"),
-            format!("sum(resets({series}[{window_seconds}s]))"),
+            format!("sum(resets({series}[{}s]))", window_seconds + LOOKBACK_SECONDS),
+            format!("sum(resets({series}[{LOOKBACK_SECONDS}s]))"),
         )
     }
 
@@ -400,10 +409,12 @@ mod tests {
         let c = check();
         assert_eq!(c.prometheus_selector(Side::App, "namespace=\"shop\""), "app_requests_total{namespace=\"shop\"}");
         assert_eq!(c.prometheus_selector(Side::App, "{pod=~\"a,b\"}"), "app_requests_total{pod=~\"a,b\"}");
-        let (start, end, resets) = c.prometheus_queries(Side::Sidecar, "", 60);
-        assert_eq!(start, "last_over_time(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[5m])");
+        let (start, end) = c.prometheus_queries(Side::Sidecar, "", 60);
+        assert_eq!(start, "last_over_time(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[300s])");
         assert_eq!(end, "last_over_time(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s])");
-        assert_eq!(resets, "sum(resets(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[60s]))");
+        let (to_end, to_start) = c.prometheus_resets_queries(Side::Sidecar, "", 60);
+        assert_eq!(to_end, "sum(resets(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[360s]))");
+        assert_eq!(to_start, "sum(resets(http_server_requests_total{http_route!~\"/metrics|/healthz\"}[300s]))");
         // A pod replaced in the window: the old one's last count and the new one's both count.
         let at_start = serde_json::json!([
             {"metric": {"__name__": "http_server_requests_total", "pod": "a", "http_response_status_code": "200"}, "value": [1, "100"]}]);

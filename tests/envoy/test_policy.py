@@ -41,16 +41,16 @@ def test_the_sidecar_counts_each_scrapes_violations_by_rule_metric_and_severity(
         app = start_app(stack, [*COUNTING_APP, "--legacy-names"], workdir, "legacy-app")
         envoy = stack.enter_context(sidecar(workdir, contract, app))
         assert violations(envoy) == {}, "nothing counted before a scrape"
-        for _ in range(3):
+        for n in range(1, 4):
             status, body = envoy.request("GET", "/metrics")
             assert status == 200
+            # Judged a second after the scrape, once Envoy has written it.
+            wait_until(lambda: violations(envoy).get(("base-unit", "requestLatencyMs", "error")) == n, timeout=10,
+                       what=f"scrape {n} judged")
         # The scrape reached the scraper unchanged by the policy (it only counts).
         assert b"requestLatencyMs_bucket{" in body and b"queue_depth_total 4.0" in body
         scraped = workdir / "scrape.txt"
         scraped.write_bytes(body)
-        # Judged on the VM's next tick once the scrape has been written: wait for the third.
-        wait_until(lambda: violations(envoy).get(("base-unit", "requestLatencyMs", "error")) == 3, timeout=10,
-                   what="the third scrape judged")
         assert violations(envoy) == {
             ("base-unit", "requestLatencyMs", "error"): 3,
             ("snake-case", "requestLatencyMs", "warning"): 3,  # its name and its label: once a scrape
