@@ -51,7 +51,7 @@ struct Exposition {
     missing: Vec<Option<u32>>,
     /// The contract's policy, judged on each rewritten scrape once it has been sent.
     violations: Option<RefCell<ViolationCounter>>,
-    /// Rewritten scrapes waiting for the policy, judged on this configuration's next tick.
+    /// Rewritten scrapes waiting for the policy, judged on this configuration's tick.
     pending: RefCell<Vec<Vec<u8>>>,
     /// False once this configuration's root context is gone: nothing is queued for a tick that
     /// will not come (Envoy keeps re-arming a deleted root's timer).
@@ -226,8 +226,8 @@ struct Stream {
     started_nanos: Option<u64>,
     /// Set while this stream is a metrics scrape whose response we hold for rewriting.
     scrape: Option<Scrape>,
-    /// A rewritten scrape body for the policy, queued in `on_log` and judged on the next tick,
-    /// once Envoy has written the response (judging never holds the scrape).
+    /// A rewritten scrape body for the policy, queued in `on_log` and judged [`JUDGE_DELAY`]
+    /// later, once Envoy has written the response (judging never holds the scrape).
     judge: Option<(Rc<Exposition>, Vec<u8>)>,
 }
 
@@ -405,9 +405,9 @@ impl HttpContext for Stream {
 /// oldest (scrapes of one app repeat each other: the newest is the one worth judging).
 const MAX_PENDING_JUDGEMENTS: usize = 2;
 
-/// Queues a rewritten scrape for judging on the next tick. `on_log` runs before Envoy has
-/// written the response to the socket (the write happens on the next event-loop pass), so
-/// judging here would hold the scrape's last bytes; a tick runs after it. The tick period set
+/// Queues a rewritten scrape for judging on its configuration's tick, [`JUDGE_DELAY`] later.
+/// `on_log` runs before Envoy has written the response to the socket (that happens on later
+/// event-loop passes), so judging here would hold the scrape's last bytes. The tick period set
 /// from a stream is its own root context's.
 fn queue_for_judging(exposition: &Exposition, body: Vec<u8>) {
     if !exposition.alive.get() {

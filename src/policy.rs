@@ -288,8 +288,8 @@ impl Policy {
         Ok(Policy { spec: spec.clone(), regexes })
     }
 
-    /// Every violation in `body`, by rule then metric (as the metrics appear); waivers in force at `now_unix` (seconds)
-    /// leave their metric's rule out.
+    /// Every violation in `body`, by rule then metric (as the metrics appear); waivers in force
+    /// at `now_unix` (seconds) leave their metric's rule out.
     pub fn judge(&self, body: &str, now_unix: u64) -> Result<Vec<Violation>, String> {
         judge(&self.spec, &self.regexes, body, now_unix)
     }
